@@ -1,0 +1,19 @@
+"""cbam_fused: fused CBAM (channel + spatial attention) for PyTorch, with CPU, CUDA and Triton kernels."""
+from . import reference
+from .functional import cbam, channel_attention, spatial_attention
+from .modules import CBAM, ChannelAttention, SpatialAttention
+from .ops import attention, available_backends
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "reference",
+    "attention",
+    "available_backends",
+    "cbam",
+    "channel_attention",
+    "spatial_attention",
+    "CBAM",
+    "ChannelAttention",
+    "SpatialAttention",
+]

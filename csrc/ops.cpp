@@ -1,0 +1,27 @@
+// Schemas of the full-size passes. cbam_fused/passes.py specifies what each computes; the CPU
+// kernels (csrc/cpu) and the CUDA kernels (csrc/cuda) register implementations for them.
+// The fused forward/backward ops that orchestrate these passes are defined in cbam_fused/ops.py.
+#include <torch/library.h>
+
+#ifdef CBAM_FUSED_PYTHON_MODULE
+#include <Python.h>
+#endif
+
+TORCH_LIBRARY(cbam_fused, m) {
+  m.def("pool_hw(Tensor x) -> (Tensor avg, Tensor max, Tensor argmax, Tensor count)");
+  m.def("pool_c(Tensor x, Tensor? a) -> (Tensor mean, Tensor max, Tensor argmax, Tensor count)");
+  m.def("apply_gates(Tensor x, Tensor? a, Tensor? s) -> Tensor");
+  m.def("gate_grads(Tensor gy, Tensor x, Tensor? a, Tensor? s, bool want_a, bool want_s) -> (Tensor ga, Tensor gs)");
+  m.def("pool_c_grad_a(Tensor x, Tensor a, Tensor u, Tensor v, Tensor argmax, Tensor max, bool split) -> Tensor");
+  m.def("input_grad(Tensor gy, Tensor? x, Tensor? a, Tensor? s, Tensor? u_c, Tensor? v_c, Tensor? argmax_c, "
+        "Tensor? max_c, Tensor? u_hw, Tensor? v_hw, Tensor? argmax_hw, Tensor? max_hw, bool split) -> Tensor");
+}
+
+#ifdef CBAM_FUSED_PYTHON_MODULE
+// Importing the module from Python loads the library, which runs the registrations above. It
+// exports no Python functions: everything is reached through torch.ops.cbam_fused.
+#define CBAM_CONCAT2(a, b) a##b
+#define CBAM_CONCAT(a, b) CBAM_CONCAT2(a, b)
+static struct PyModuleDef cbam_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC CBAM_CONCAT(PyInit_, CBAM_FUSED_PYTHON_MODULE)(void) { return PyModule_Create(&cbam_module); }
+#endif
