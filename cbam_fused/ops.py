@@ -204,7 +204,8 @@ def _spatial_weights(conv_w, conv_b, order, bn, bn_w, bn_b, bn_mean, bn_var, bn_
 def _forward_impl(passes, x, cw, pools, cgate, sw, sgate):
     """Forward: pool over pixels, channel MLP, pool x*a over channels, conv, apply both gates.
 
-    Returns y and the saved small tensors in the order of ``_SAVED``.
+    Returns y and the small tensors ``m, avg, max_hw, argmax_hw, count_hw, l, mean_c, max_c, argmax_c,
+    count_c, bn_stats`` (empty where the gate is absent).
     """
     n, c, h, w = x.shape
     acc = acc_dtype(x.dtype)
@@ -223,13 +224,17 @@ def _forward_impl(passes, x, cw, pools, cgate, sw, sgate):
         l, bn_stats = ss.spatial_logits(sw, mean_c, max_c, (n, h, w))
         s = ss.gate_forward(sgate, l)
     y = passes.apply_gates(x, _opt(a), _opt(s))
-    return y, a, m, avg, max_hw, argmax_hw, count_hw, s, l, mean_c, max_c, argmax_c, count_c, bn_stats
+    return y, m, avg, max_hw, argmax_hw, count_hw, l, mean_c, max_c, argmax_c, count_c, bn_stats
 
 
 def _backward_impl(passes, gy, x, cw, pools, cgate, sw, sgate, split, need_gx, saved):
-    a, m, avg, max_hw, argmax_hw, count_hw, s, l, mean_c, max_c, argmax_c, count_c, bn_stats = saved
+    """Backward from the saved small tensors; ``tie_*`` are the argmax (index ties) or count (split)."""
+    m, avg, max_hw, tie_hw, l, mean_c, max_c, tie_c, bn_stats = saved
     n, c, h, w = x.shape
     channel, spatial = cw is not None, sw is not None
+    # the gates are recomputed from their logits (bitwise as in the forward) rather than saved
+    a = ss.gate_forward(cgate, m) if channel else m
+    s = ss.gate_forward(sgate, l) if spatial else l
     ga, gs = passes.gate_grads(gy, x, _opt(a), _opt(s), channel, spatial)
     u_c = v_c = u_hw = v_hw = None
     cgrads = sgrads = (None,) * 4
@@ -237,9 +242,9 @@ def _backward_impl(passes, gy, x, cw, pools, cgate, sw, sgate, split, need_gx, s
         gl = ss.gate_backward(sgate, l, gs)
         g_mean, g_max, *sgrads = ss.spatial_logits_backward(sw, mean_c, max_c, (n, h, w), bn_stats, gl)
         u_c = g_mean / c
-        v_c = g_max / count_c if split else g_max
+        v_c = g_max / tie_c if split else g_max
         if channel:
-            ga = ga + passes.pool_c_grad_a(x, a, u_c, v_c, argmax_c, max_c, split)
+            ga = ga + passes.pool_c_grad_a(x, a, u_c, v_c, tie_c, max_c, split)
     if channel:
         gm = ss.gate_backward(cgate, m, ga)
         g_avg, g_max, *cgrads = ss.channel_logits_backward(cw, pools, avg, max_hw, gm)
@@ -247,19 +252,15 @@ def _backward_impl(passes, gy, x, cw, pools, cgate, sw, sgate, split, need_gx, s
         if g_max is None:
             v_hw = torch.zeros_like(ga)
         else:
-            v_hw = g_max / count_hw if split else g_max
+            v_hw = g_max / tie_hw if split else g_max
     gx = x.new_empty(0)
     if need_gx:
         gx = passes.input_grad(
             gy, x if split else None, _opt(a), _opt(s),
-            u_c, v_c, argmax_c if spatial else None, max_c if spatial else None,
-            u_hw, v_hw, argmax_hw if channel else None, max_hw if channel else None, split,
+            u_c, v_c, tie_c if spatial else None, max_c if spatial else None,
+            u_hw, v_hw, tie_hw if channel else None, max_hw if channel else None, split,
         )
     return (gx, *cgrads, *sgrads)
-
-
-_SAVED = ("a", "m", "avg", "max_hw", "argmax_hw", "count_hw", "s", "l", "mean_c", "max_c",
-          "argmax_c", "count_c", "bn_stats")
 
 
 def _passes_for(backend: str):
@@ -291,7 +292,7 @@ def _make_ops(suffix: str, passes_of, define):
         channel_kind: str, channel_pools: str, channel_gate: str, spatial_order: str, spatial_gate: str,
         bn: str, bn_eps: float, ties: str, backend: str,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-               Tensor, Tensor, Tensor]:
+               Tensor]:
         _check_config(channel_kind, channel_pools, channel_gate, spatial_gate, ties)
         x = _dense(x)
         acc = acc_dtype(x.dtype)
@@ -303,8 +304,8 @@ def _make_ops(suffix: str, passes_of, define):
         gy: Tensor, x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Optional[Tensor],
         b2: Optional[Tensor], conv_w: Optional[Tensor], conv_b: Optional[Tensor], bn_w: Optional[Tensor],
         bn_b: Optional[Tensor], bn_mean: Optional[Tensor], bn_var: Optional[Tensor],
-        a: Tensor, m: Tensor, avg: Tensor, max_hw: Tensor, argmax_hw: Tensor, count_hw: Tensor, s: Tensor,
-        l: Tensor, mean_c: Tensor, max_c: Tensor, argmax_c: Tensor, count_c: Tensor, bn_stats: Tensor,
+        m: Tensor, avg: Tensor, max_hw: Tensor, tie_hw: Tensor, l: Tensor, mean_c: Tensor, max_c: Tensor,
+        tie_c: Tensor, bn_stats: Tensor,
         channel_kind: str, channel_pools: str, channel_gate: str, spatial_order: str, spatial_gate: str,
         bn: str, bn_eps: float, ties: str, backend: str, need_gx: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -313,7 +314,7 @@ def _make_ops(suffix: str, passes_of, define):
         acc = acc_dtype(x.dtype)
         cw = _channel_weights(w1, b1, w2, b2, channel_kind, acc)
         sw = _spatial_weights(conv_w, conv_b, spatial_order, bn, bn_w, bn_b, bn_mean, bn_var, bn_eps, acc)
-        saved = (a, m, avg, max_hw, argmax_hw, count_hw, s, l, mean_c, max_c, argmax_c, count_c, bn_stats)
+        saved = (m, avg, max_hw, tie_hw, l, mean_c, max_c, tie_c, bn_stats)
         grads = _backward_impl(passes_of(backend), gy, x, cw, channel_pools, channel_gate, sw, spatial_gate,
                                ties == "split", need_gx, saved)
         like = (x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b)
@@ -349,9 +350,9 @@ def _(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, channel_ki
     nc, np_ = (n, c), (n, h * w)
     return (
         torch.empty_like(x),
-        *(_fake_small(x, ch, nc, acc) for _ in range(4)),
+        *(_fake_small(x, ch, nc, acc) for _ in range(3)),
         *(_fake_small(x, ch, nc, torch.int32) for _ in range(2)),
-        *(_fake_small(x, sp, np_, acc) for _ in range(4)),
+        *(_fake_small(x, sp, np_, acc) for _ in range(3)),
         *(_fake_small(x, sp, np_, torch.int32) for _ in range(2)),
         _fake_small(x, sp and bn == "train", (2,), acc),
     )
@@ -375,7 +376,10 @@ def _make_autograd(backward_op):
     def setup_context(ctx, inputs, output):
         tensors, config = inputs[:_N_PARAMS], inputs[_N_PARAMS:]
         ctx.config = config
-        ctx.save_for_backward(*tensors, *output[1:])
+        m, avg, max_hw, argmax_hw, count_hw, l, mean_c, max_c, argmax_c, count_c, bn_stats = output[1:]
+        split = config[-2] == "split"  # ties: counts route split-style gradients, argmaxes index-style
+        tie_hw, tie_c = (count_hw, count_c) if split else (argmax_hw, argmax_c)
+        ctx.save_for_backward(*tensors, m, avg, max_hw, tie_hw, l, mean_c, max_c, tie_c, bn_stats)
 
     def backward(ctx, gy, *_unused_small_grads):
         saved = ctx.saved_tensors
