@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "cpu/dispatch.h"
 #include "cpu/isa_guard.h"
@@ -156,28 +157,32 @@ void check_same(const Tensor& t, const Big& ref_info, const Tensor& ref, const c
               " must have the same memory format (both NCHW-contiguous or both channels_last)");
 }
 
-// A small [N, len] operand of the accumulation type (or int32 for indices).
-const void* small(const OptTensor& t, const char* name, const Tensor& x, int64_t len, at::ScalarType dtype) {
-  if (!t.has_value()) return nullptr;
-  TORCH_CHECK(t->device().is_cpu(), "cbam_fused: ", name, " must be a CPU tensor, got ", t->device());
-  TORCH_CHECK(t->scalar_type() == dtype, "cbam_fused: ", name, " must have dtype ", dtype, " for x of dtype ",
-              x.scalar_type(), ", got ", t->scalar_type());
-  TORCH_CHECK(t->dim() == 2 && t->size(0) == x.size(0) && t->size(1) == len, "cbam_fused: ", name,
-              " must have shape [", x.size(0), ", ", len, "], got ", t->sizes());
-  TORCH_CHECK(t->is_contiguous(), "cbam_fused: ", name, " must be contiguous");
-  return t->data_ptr();
-}
+// Small [N, len] operands: checked, made contiguous if needed (a copy of a small tensor costs
+// nothing next to a pass over x), and kept alive here while the kernel runs.
+struct SmallOperands {
+  std::vector<Tensor> keep;
 
-const void* small_acc(const OptTensor& t, const char* name, const Tensor& x, int64_t len) {
-  return small(t, name, x, len, acc_of(x));
-}
-
-// int32 argmax positions, converted to the accumulation type for the kernels; `keep` owns the copy.
-const void* positions(const OptTensor& t, const char* name, const Tensor& x, int64_t len, Tensor& keep) {
-  if (small(t, name, x, len, at::kInt) == nullptr) return nullptr;
-  keep = t->to(acc_of(x));
-  return keep.data_ptr();
-}
+  const void* get(const OptTensor& t, const char* name, const Tensor& x, int64_t len, at::ScalarType dtype) {
+    if (!t.has_value()) return nullptr;
+    TORCH_CHECK(t->device().is_cpu(), "cbam_fused: ", name, " must be a CPU tensor, got ", t->device());
+    TORCH_CHECK(t->scalar_type() == dtype, "cbam_fused: ", name, " must have dtype ", dtype, " for x of dtype ",
+                x.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == x.size(0) && t->size(1) == len, "cbam_fused: ", name,
+                " must have shape [", x.size(0), ", ", len, "], got ", t->sizes());
+    keep.push_back(t->contiguous());
+    return keep.back().data_ptr();
+  }
+  // accumulation-typed values
+  const void* acc(const OptTensor& t, const char* name, const Tensor& x, int64_t len) {
+    return get(t, name, x, len, acc_of(x));
+  }
+  // int32 argmax positions, converted to the accumulation type for the kernels
+  const void* positions(const OptTensor& t, const char* name, const Tensor& x, int64_t len) {
+    if (get(t, name, x, len, at::kInt) == nullptr) return nullptr;
+    keep.back() = keep.back().to(acc_of(x));
+    return keep.back().data_ptr();
+  }
+};
 
 Tensor empty_like_layout(const Tensor& x, Layout layout) {
   return at::empty(x.sizes(), x.options().memory_format(layout == Layout::NHWC ? at::MemoryFormat::ChannelsLast
@@ -205,7 +210,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pool_hw(const Tensor& x) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> pool_c(const Tensor& x, const OptTensor& a) {
   const Big b = check_big(x, "x");
   TORCH_CHECK(b.shape.c > 0, "cbam_fused::pool_c: x has no channels to pool over");
-  const void* a_ptr = small_acc(a, "a", x, b.shape.c);
+  SmallOperands small;
+  const void* a_ptr = small.acc(a, "a", x, b.shape.c);
   Tensor mean = small_out(x, b.shape.p, acc_of(x)), mx = small_out(x, b.shape.p, acc_of(x));
   Tensor argmax = small_out(x, b.shape.p, at::kInt), count = small_out(x, b.shape.p, at::kInt);
   kernels().table.pool_c[d(b.dtype)][l(b.layout)](PoolCArgs{b.shape, x.data_ptr(), a_ptr, mean.data_ptr(),
@@ -216,8 +222,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pool_c(const Tensor& x, const OptTens
 
 Tensor apply_gates(const Tensor& x, const OptTensor& a, const OptTensor& s) {
   const Big b = check_big(x, "x");
-  const void* a_ptr = small_acc(a, "a", x, b.shape.c);
-  const void* s_ptr = small_acc(s, "s", x, b.shape.p);
+  SmallOperands small;
+  const void* a_ptr = small.acc(a, "a", x, b.shape.c);
+  const void* s_ptr = small.acc(s, "s", x, b.shape.p);
   Tensor y = empty_like_layout(x, b.layout);
   kernels().table.apply_gates[d(b.dtype)][l(b.layout)](
       ApplyGatesArgs{b.shape, x.data_ptr(), a_ptr, s_ptr, y.data_ptr()});
@@ -228,8 +235,9 @@ std::tuple<Tensor, Tensor> gate_grads(const Tensor& gy, const Tensor& x, const O
                                       bool want_a, bool want_s) {
   const Big b = check_big(x, "x");
   check_same(gy, b, x, "gy", "x");
-  const void* a_ptr = small_acc(a, "a", x, b.shape.c);
-  const void* s_ptr = small_acc(s, "s", x, b.shape.p);
+  SmallOperands small;
+  const void* a_ptr = small.acc(a, "a", x, b.shape.c);
+  const void* s_ptr = small.acc(s, "s", x, b.shape.p);
   const auto acc = acc_of(x);
   Tensor ga = want_a ? small_out(x, b.shape.c, acc) : at::empty({0}, x.options().dtype(acc));
   Tensor gs = want_s ? small_out(x, b.shape.p, acc) : at::empty({0}, x.options().dtype(acc));
@@ -245,14 +253,14 @@ Tensor pool_c_grad_a(const Tensor& x, const Tensor& a, const Tensor& u, const Te
                      const Tensor& mx, bool split) {
   const Big b = check_big(x, "x");
   const int64_t C = b.shape.c, P = b.shape.p;
-  Tensor argmax_acc;
+  SmallOperands small;
   PoolCGradAArgs args{b.shape,
                       x.data_ptr(),
-                      small_acc(a, "a", x, C),
-                      small_acc(u, "u", x, P),
-                      small_acc(v, "v", x, P),
-                      positions(argmax, "argmax", x, P, argmax_acc),
-                      small_acc(mx, "max", x, P),
+                      small.acc(a, "a", x, C),
+                      small.acc(u, "u", x, P),
+                      small.acc(v, "v", x, P),
+                      small.positions(argmax, "argmax", x, P),
+                      small.acc(mx, "max", x, P),
                       split,
                       nullptr,
                       nullptr};
@@ -281,20 +289,20 @@ Tensor input_grad(const Tensor& gy, const OptTensor& x, const OptTensor& a, cons
     TORCH_CHECK(split ? max_hw.has_value() : argmax_hw.has_value(), "cbam_fused::input_grad: u_hw needs ",
                 split ? "max_hw" : "argmax_hw");
   }
-  Tensor k_c, k_hw;
+  SmallOperands small;
   InputGradArgs args{b.shape,
                      gy.data_ptr(),
                      split ? x->data_ptr() : nullptr,
-                     small_acc(a, "a", gy, C),
-                     small_acc(s, "s", gy, P),
-                     small_acc(u_c, "u_c", gy, P),
-                     small_acc(v_c, "v_c", gy, P),
-                     positions(argmax_c, "argmax_c", gy, P, k_c),
-                     small_acc(max_c, "max_c", gy, P),
-                     small_acc(u_hw, "u_hw", gy, C),
-                     small_acc(v_hw, "v_hw", gy, C),
-                     positions(argmax_hw, "argmax_hw", gy, C, k_hw),
-                     small_acc(max_hw, "max_hw", gy, C),
+                     small.acc(a, "a", gy, C),
+                     small.acc(s, "s", gy, P),
+                     small.acc(u_c, "u_c", gy, P),
+                     small.acc(v_c, "v_c", gy, P),
+                     small.positions(argmax_c, "argmax_c", gy, P),
+                     small.acc(max_c, "max_c", gy, P),
+                     small.acc(u_hw, "u_hw", gy, C),
+                     small.acc(v_hw, "v_hw", gy, C),
+                     small.positions(argmax_hw, "argmax_hw", gy, C),
+                     small.acc(max_hw, "max_hw", gy, C),
                      split,
                      nullptr};
   Tensor gx = empty_like_layout(gy, b.layout);
