@@ -1,0 +1,131 @@
+// Interface between the ATen glue (ops_cpu.cpp) and the per-ISA kernel builds (kernels*.cpp).
+//
+// The kernels take raw pointers and sizes only. kernels.h is compiled once per instruction set
+// (kernels.cpp: baseline x86-64, kernels_avx2.cpp, kernels_avx512.cpp), each inside its own
+// `inline namespace CPU_CAPABILITY`, and each build fills a KernelTable; the glue picks a table at
+// run time. This header must stay free of ATen includes and of non-static inline functions: it is
+// compiled into every TU, and an out-of-line copy of a shared inline function compiled with AVX-512
+// could be the one the linker keeps (an ODR leak of ISA-specific code into baseline callers).
+#pragma once
+
+#include <cstdint>
+
+namespace cbam_fused::cpu {
+
+// Scalar types of x / gy / y / gx. Small tensors use the accumulation type: double for F64,
+// float otherwise.
+enum class DType : int { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
+constexpr int kNumDTypes = 4;
+
+// Memory layouts of the 4-D tensors: x[n][c][p] (NCHW) or x[n][p][c] (channels_last).
+enum class Layout : int { NCHW = 0, NHWC = 1 };
+
+enum class Isa : int { Default = 0, Avx2 = 1, Avx512 = 2 };
+constexpr int kNumIsas = 3;
+
+struct Shape {
+  int64_t n, c, p;  // batch, channels, pixels (H*W)
+};
+
+// Optional pointers are nullptr when absent. `acc` pointers point at contiguous [N,C] or [N,P]
+// arrays of the accumulation type. Argmax positions are passed in the accumulation type too (the
+// glue converts the int32 tensors; exact because the glue checks C, P < 2^24 for float).
+struct PoolHwArgs {
+  Shape shape;
+  const void* x;
+  void* avg;  // [N,C] acc
+  void* max;  // [N,C] acc
+  int32_t* argmax;  // [N,C]
+  int32_t* count;  // [N,C]
+};
+
+struct PoolCArgs {
+  Shape shape;
+  const void* x;
+  const void* a;  // [N,C] acc or nullptr
+  void* mean;  // [N,P] acc
+  void* max;  // [N,P] acc
+  int32_t* argmax;  // [N,P]
+  int32_t* count;  // [N,P]
+};
+
+struct ApplyGatesArgs {
+  Shape shape;
+  const void* x;
+  const void* a;  // [N,C] acc or nullptr
+  const void* s;  // [N,P] acc or nullptr
+  void* y;  // like x
+};
+
+struct GateGradsArgs {
+  Shape shape;
+  const void* gy;
+  const void* x;
+  const void* a;  // [N,C] acc or nullptr
+  const void* s;  // [N,P] acc or nullptr
+  void* ga;  // [N,C] acc or nullptr (not wanted)
+  void* gs;  // [N,P] acc or nullptr (not wanted)
+  void* partials;  // [N, ga_blocks(), C] acc scratch when ga is wanted
+};
+
+struct PoolCGradAArgs {
+  Shape shape;
+  const void* x;
+  const void* a;  // [N,C] acc
+  const void* u;  // [N,P] acc
+  const void* v;  // [N,P] acc
+  const void* argmax;  // [N,P] acc positions (index-style ties)
+  const void* max;  // [N,P] acc (split-style ties)
+  bool split;
+  void* ga;  // [N,C] acc
+  void* partials;  // [N, ga_blocks(), C] acc scratch
+};
+
+struct InputGradArgs {
+  Shape shape;
+  const void* gy;
+  const void* x;  // read only when split
+  const void* a;  // [N,C] or nullptr
+  const void* s;  // [N,P] or nullptr
+  // gradient of the pools over channels (spatial gate); u_c == nullptr means the group is absent
+  const void *u_c, *v_c, *argmax_c, *max_c;  // [N,P]
+  // gradient of the pools over pixels (channel gate); u_hw == nullptr means the group is absent
+  const void *u_hw, *v_hw, *argmax_hw, *max_hw;  // [N,C]
+  bool split;
+  void* gx;  // like gy
+};
+
+using PoolHwFn = void (*)(const PoolHwArgs&);
+using PoolCFn = void (*)(const PoolCArgs&);
+using ApplyGatesFn = void (*)(const ApplyGatesArgs&);
+using GateGradsFn = void (*)(const GateGradsArgs&);
+using PoolCGradAFn = void (*)(const PoolCGradAArgs&);
+using InputGradFn = void (*)(const InputGradArgs&);
+
+// One ISA build's kernels, indexed [dtype][layout].
+struct KernelTable {
+  PoolHwFn pool_hw[kNumDTypes][2];
+  PoolCFn pool_c[kNumDTypes][2];
+  ApplyGatesFn apply_gates[kNumDTypes][2];
+  GateGradsFn gate_grads[kNumDTypes][2];
+  PoolCGradAFn pool_c_grad_a[kNumDTypes][2];
+  InputGradFn input_grad[kNumDTypes][2];
+};
+
+// Pixel blocking of the reductions over pixels that write per-block partial sums of ga (fixed, so
+// the reduction order does not depend on the thread count). NCHW blocks hold a few KB of per-pixel
+// accumulators in L1; NHWC chunks add C partials per pixel chunk.
+constexpr int64_t kNchwPixelBlock = 512;
+constexpr int64_t kNhwcPixelChunk = 64;
+
+static inline int64_t ga_blocks(Layout layout, int64_t pixels) {
+  const int64_t b = layout == Layout::NCHW ? kNchwPixelBlock : kNhwcPixelChunk;
+  return (pixels + b - 1) / b;
+}
+
+// Each kernel build defines one of these (returns false when that ISA was not compiled in).
+bool fill_table_default(KernelTable& table);
+bool fill_table_avx2(KernelTable& table);
+bool fill_table_avx512(KernelTable& table);
+
+}  // namespace cbam_fused::cpu

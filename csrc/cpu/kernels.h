@@ -1,0 +1,628 @@
+// The six full-size passes (cbam_fused/passes.py is the contract) as templates over the scalar type
+// T and the layout. Compiled once per ISA: the including .cpp defines CPU_CAPABILITY (and
+// CPU_CAPABILITY_AVX2 / _AVX512 plus `#pragma GCC target`) before this header, so everything here,
+// including at::vec::Vectorized, lives in `inline namespace CPU_CAPABILITY`.
+//
+// Conventions: A is the accumulation type (double for double, float otherwise); Vec = Vectorized<A>
+// with L lanes. Reductions keep per-lane accumulators and fold the lanes in lane order; pixel
+// blocks have fixed sizes (dispatch.h), so results are bitwise independent of the thread count.
+// The pooled value of the channel pool is the plain product acc(x) * a everywhere (forward and both
+// backward comparisons), so split-style tie tests are exact.
+#pragma once
+
+#ifndef CPU_CAPABILITY
+#error "define CPU_CAPABILITY before including kernels.h"
+#endif
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "cpu/dispatch.h"
+
+namespace cbam_fused::cpu {
+inline namespace CPU_CAPABILITY {
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename A>
+using Vec = at::vec::Vectorized<A>;
+
+// Loads and stores of L values of T as a Vec<acc_t<T>>; the `n` overloads handle a partial vector
+// (loads fill the missing lanes with zeros).
+template <typename T>
+struct Io {
+  using A = acc_t<T>;
+  static constexpr int64_t L = Vec<A>::size();
+
+  static Vec<A> load(const T* p) {
+    if constexpr (std::is_same_v<T, A>) {
+      return Vec<A>::loadu(p);
+    } else {
+      Vec<float> out;
+      at::vec::load_to_float(p, out);
+      return out;
+    }
+  }
+  static Vec<A> load(const T* p, int64_t n) {
+    if constexpr (std::is_same_v<T, A>) {
+      return Vec<A>::loadu(p, n);
+    } else {
+      T buf[L] = {};
+      std::memcpy(buf, p, n * sizeof(T));
+      return load(buf);
+    }
+  }
+  static void store(T* p, const Vec<A>& v) {
+    if constexpr (std::is_same_v<T, A>) {
+      v.store(p);
+    } else {
+      at::vec::convert_from_float<T>(v, v).store(p, L);
+    }
+  }
+  static void store(T* p, const Vec<A>& v, int64_t n) {
+    if constexpr (std::is_same_v<T, A>) {
+      v.store(p, n);
+    } else {
+      at::vec::convert_from_float<T>(v, v).store(p, n);
+    }
+  }
+};
+
+template <typename A>
+Vec<A> load_small(const A* p, int64_t n, int64_t L) {  // acc-typed small arrays
+  return n == L ? Vec<A>::loadu(p) : Vec<A>::loadu(p, n);
+}
+
+template <typename A>
+A fold_sum(const Vec<A>& v) {
+  alignas(64) A lanes[Vec<A>::size()];
+  v.store(lanes);
+  A s = 0;
+  for (int64_t i = 0; i < Vec<A>::size(); ++i) s += lanes[i];
+  return s;
+}
+
+// Running max with first position and count of maxima; NaN wins and keeps its first position
+// (torch.max semantics). cnt == 0 marks "nothing seen yet".
+template <typename A>
+struct ArgMax {
+  A max = -std::numeric_limits<A>::infinity();
+  A pos = 0;
+  A cnt = 0;
+
+  // Merge a state covering other positions; ties keep the smaller position.
+  void merge(const ArgMax& o) {
+    if (o.cnt == 0) return;
+    if (cnt == 0) {
+      *this = o;
+      return;
+    }
+    const bool nan = std::isnan(max), o_nan = std::isnan(o.max);
+    if (nan || o_nan) {
+      if (nan && o_nan) {
+        pos = std::min(pos, o.pos);
+      } else if (o_nan) {
+        *this = o;
+      }
+      return;
+    }
+    if (o.max > max) {
+      *this = o;
+    } else if (o.max == max) {
+      pos = std::min(pos, o.pos);
+      cnt += o.cnt;
+    }
+  }
+};
+
+// The same per lane: lane i tracks the elements it was fed, in increasing position order.
+template <typename A>
+struct VecArgMax {
+  Vec<A> max = Vec<A>(-std::numeric_limits<A>::infinity());
+  Vec<A> pos = Vec<A>(0);
+  Vec<A> cnt = Vec<A>(0);
+
+  template <bool kMasked = false>
+  void update(const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid = Vec<A>(0)) {
+    const Vec<A> one(1);
+    // a lane takes v if it is larger, if it is the first NaN, or if the lane is still empty
+    Vec<A> takes = (v > max) | (v.isnan() & (max == max)) | (cnt == Vec<A>(0));
+    Vec<A> ties = v == max;  // false for NaN
+    if constexpr (kMasked) {
+      takes = takes & valid;
+      ties = ties & valid;
+    }
+    max = Vec<A>::blendv(max, v, takes);
+    pos = Vec<A>::blendv(pos, at, takes);
+    cnt = Vec<A>::blendv(cnt + (ties & one), one, takes);
+  }
+
+  ArgMax<A> lane(int64_t i) const {
+    alignas(64) A m[Vec<A>::size()], p[Vec<A>::size()], c[Vec<A>::size()];
+    max.store(m);
+    pos.store(p);
+    cnt.store(c);
+    return ArgMax<A>{m[i], p[i], c[i]};
+  }
+
+  ArgMax<A> fold() const {
+    alignas(64) A m[Vec<A>::size()], p[Vec<A>::size()], c[Vec<A>::size()];
+    max.store(m);
+    pos.store(p);
+    cnt.store(c);
+    ArgMax<A> out;
+    for (int64_t i = 0; i < Vec<A>::size(); ++i) out.merge(ArgMax<A>{m[i], p[i], c[i]});
+    return out;
+  }
+};
+
+template <typename A>
+Vec<A> lanes_below(int64_t first, int64_t limit) {  // mask of lanes whose position first+i < limit
+  return Vec<A>::arange(static_cast<A>(first), 1) < Vec<A>(static_cast<A>(limit));
+}
+
+template <typename A>
+void write_pool(const ArgMax<A>& st, A sum, int64_t len, int64_t i, A* mean, A* max, int32_t* argmax,
+                int32_t* count) {
+  mean[i] = sum / static_cast<A>(len);
+  max[i] = st.max;
+  argmax[i] = static_cast<int32_t>(st.pos);
+  count[i] = static_cast<int32_t>(st.cnt);
+}
+
+// Sum and argmax of (x[i] * scale[i]) over a contiguous row (scale == nullptr: x itself).
+template <typename T>
+void reduce_row(const T* x, const acc_t<T>* scale, int64_t len, acc_t<T>& sum, ArgMax<acc_t<T>>& st) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  Vec<A> vsum(0);
+  VecArgMax<A> tr;
+  Vec<A> at = Vec<A>::arange(0, 1);
+  int64_t i = 0;
+  for (; i + L <= len; i += L, at = at + Vec<A>(L)) {
+    Vec<A> v = Io<T>::load(x + i);
+    if (scale) v = v * Vec<A>::loadu(scale + i);
+    vsum = vsum + v;
+    tr.update(v, at);
+  }
+  if (i < len) {
+    const int64_t n = len - i;
+    Vec<A> v = Io<T>::load(x + i, n);
+    if (scale) v = v * Vec<A>::loadu(scale + i, n);
+    vsum = vsum + v;  // padding lanes are 0
+    tr.template update<true>(v, at, lanes_below<A>(i, len));
+  }
+  sum = fold_sum(vsum);
+  st = tr.fold();
+}
+
+inline int64_t grain_for(int64_t elems_per_item) {  // ~32K elements per task
+  return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, elems_per_item));
+}
+
+// ------------------------------------------------------------------------------------ pool_hw
+// Reads x once (|x|); writes four [N,C] arrays.
+template <typename T, Layout kLayout>
+void pool_hw(const PoolHwArgs& args) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  const int64_t N = args.shape.n, C = args.shape.c, P = args.shape.p;
+  const T* x = static_cast<const T*>(args.x);
+  A* avg = static_cast<A*>(args.avg);
+  A* mx = static_cast<A*>(args.max);
+  if constexpr (kLayout == Layout::NCHW) {  // one contiguous row of P pixels per (n, c)
+    at::parallel_for(0, N * C, grain_for(P), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        A sum;
+        ArgMax<A> st;
+        reduce_row<T>(x + r * P, nullptr, P, sum, st);
+        write_pool(st, sum, P, r, avg, mx, args.argmax, args.count);
+      }
+    });
+  } else {  // per (n, block of channels): walk the pixels, lanes are channels
+    constexpr int64_t kBlock = 256;
+    constexpr int64_t kVecs = kBlock / L;
+    const int64_t blocks = (C + kBlock - 1) / kBlock;
+    at::parallel_for(0, N * blocks, grain_for(P * kBlock), [&](int64_t begin, int64_t end) {
+      Vec<A> sums[kVecs];
+      VecArgMax<A> trs[kVecs];
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / blocks, c0 = (item % blocks) * kBlock;
+        const int64_t width = std::min(kBlock, C - c0);
+        const int64_t full = width / L, rest = width % L;
+        for (int64_t j = 0; j < kVecs; ++j) {
+          sums[j] = Vec<A>(0);
+          trs[j] = VecArgMax<A>();
+        }
+        const Vec<A> valid = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
+        for (int64_t p = 0; p < P; ++p) {
+          const T* row = x + (n * P + p) * C + c0;
+          const Vec<A> at(static_cast<A>(p));
+          for (int64_t j = 0; j < full; ++j) {
+            const Vec<A> v = Io<T>::load(row + j * L);
+            sums[j] = sums[j] + v;
+            trs[j].update(v, at);
+          }
+          if (rest) {
+            const Vec<A> v = Io<T>::load(row + full * L, rest);
+            sums[full] = sums[full] + v;
+            trs[full].template update<true>(v, at, valid);
+          }
+        }
+        for (int64_t j = 0; j * L < width; ++j) {
+          alignas(64) A s[L];
+          sums[j].store(s);
+          for (int64_t i = 0; i < std::min(L, width - j * L); ++i) {
+            write_pool(trs[j].lane(i), s[i], P, n * C + c0 + j * L + i, avg, mx, args.argmax, args.count);
+          }
+        }
+      }
+    });
+  }
+}
+
+// ------------------------------------------------------------------------------------- pool_c
+// Reads x once (|x|); writes four [N,P] arrays. Pools v = acc(x) * a[c] over channels.
+template <typename T, Layout kLayout>
+void pool_c(const PoolCArgs& args) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  const int64_t N = args.shape.n, C = args.shape.c, P = args.shape.p;
+  const T* x = static_cast<const T*>(args.x);
+  const A* a = static_cast<const A*>(args.a);
+  A* mean = static_cast<A*>(args.mean);
+  A* mx = static_cast<A*>(args.max);
+  if constexpr (kLayout == Layout::NCHW) {  // per (n, pixel block): walk the channels, lanes are pixels
+    constexpr int64_t kBlock = kNchwPixelBlock;
+    constexpr int64_t kVecs = kBlock / L;
+    const int64_t blocks = (P + kBlock - 1) / kBlock;
+    at::parallel_for(0, N * blocks, grain_for(C * kBlock), [&](int64_t begin, int64_t end) {
+      Vec<A> sums[kVecs];
+      VecArgMax<A> trs[kVecs];
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / blocks, p0 = (item % blocks) * kBlock;
+        const int64_t width = std::min(kBlock, P - p0);
+        const int64_t full = width / L, rest = width % L;
+        for (int64_t j = 0; j < kVecs; ++j) {
+          sums[j] = Vec<A>(0);
+          trs[j] = VecArgMax<A>();
+        }
+        const Vec<A> valid = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
+        for (int64_t c = 0; c < C; ++c) {
+          const T* row = x + (n * C + c) * P + p0;
+          const Vec<A> at(static_cast<A>(c));
+          const Vec<A> ac(a ? a[n * C + c] : A(1));
+          for (int64_t j = 0; j < full; ++j) {
+            Vec<A> v = Io<T>::load(row + j * L);
+            if (a) v = v * ac;
+            sums[j] = sums[j] + v;
+            trs[j].update(v, at);
+          }
+          if (rest) {
+            Vec<A> v = Io<T>::load(row + full * L, rest);
+            if (a) v = v * ac;
+            sums[full] = sums[full] + v;
+            trs[full].template update<true>(v, at, valid);
+          }
+        }
+        for (int64_t j = 0; j * L < width; ++j) {
+          alignas(64) A s[L];
+          sums[j].store(s);
+          for (int64_t i = 0; i < std::min(L, width - j * L); ++i) {
+            write_pool(trs[j].lane(i), s[i], C, n * P + p0 + j * L + i, mean, mx, args.argmax, args.count);
+          }
+        }
+      }
+    });
+  } else {  // one contiguous row of C channels per (n, p)
+    at::parallel_for(0, N * P, grain_for(C), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        A sum;
+        ArgMax<A> st;
+        reduce_row<T>(x + r * C, a ? a + (r / P) * C : nullptr, C, sum, st);
+        write_pool(st, sum, C, r, mean, mx, args.argmax, args.count);
+      }
+    });
+  }
+}
+
+// -------------------------------------------------------------------------------- apply_gates
+// Reads x, writes y (2|x|): y = (acc(x) * a[c]) * s[p].
+template <typename T, Layout kLayout>
+void apply_gates(const ApplyGatesArgs& args) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  const int64_t N = args.shape.n, C = args.shape.c, P = args.shape.p;
+  const T* x = static_cast<const T*>(args.x);
+  T* y = static_cast<T*>(args.y);
+  const A* a = static_cast<const A*>(args.a);
+  const A* s = static_cast<const A*>(args.s);
+  // rows are contiguous: (n, c) rows of P pixels in NCHW, (n, p) rows of C channels in NHWC
+  constexpr bool kNchw = kLayout == Layout::NCHW;
+  const int64_t len = kNchw ? P : C;
+  at::parallel_for(0, kNchw ? N * C : N * P, grain_for(len), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = kNchw ? r / C : r / P;
+      const A* a_row = a ? a + n * C : nullptr;  // per-channel gate
+      const A* s_row = s ? s + n * P : nullptr;  // per-pixel gate
+      // the gate that is constant along this row
+      const bool has_row_gate = kNchw ? a != nullptr : s != nullptr;
+      const Vec<A> row_gate(has_row_gate ? (kNchw ? a[r] : s[r]) : A(1));
+      const A* lane_gate = kNchw ? s_row : a_row;
+      const T* xr = x + r * len;
+      T* yr = y + r * len;
+      for (int64_t i = 0; i < len; i += L) {
+        const int64_t m = std::min(L, len - i);
+        Vec<A> v = m == L ? Io<T>::load(xr + i) : Io<T>::load(xr + i, m);
+        if (kNchw) {  // (x * a) * s
+          if (has_row_gate) v = v * row_gate;
+          if (lane_gate) v = v * load_small(lane_gate + i, m, L);
+        } else {
+          if (lane_gate) v = v * load_small(lane_gate + i, m, L);
+          if (has_row_gate) v = v * row_gate;
+        }
+        if (m == L) {
+          Io<T>::store(yr + i, v);
+        } else {
+          Io<T>::store(yr + i, v, m);
+        }
+      }
+    }
+  });
+}
+
+// Sums the per-block partials [N, blocks, C] into out [N, C] in block order.
+template <typename A>
+void reduce_partials(const A* partials, A* out, int64_t N, int64_t blocks, int64_t C) {
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t c = 0; c < C; ++c) out[n * C + c] = 0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const A* part = partials + (n * blocks + b) * C;
+        for (int64_t c = 0; c < C; ++c) out[n * C + c] += part[c];
+      }
+    }
+  });
+}
+
+// --------------------------------------------------------------------------------- gate_grads
+// Reads gy and x once (2|x|): ga[n,c] = sum_p gy*x*s, gs[n,p] = sum_c gy*x*a.
+template <typename T, Layout kLayout>
+void gate_grads(const GateGradsArgs& args) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  const int64_t N = args.shape.n, C = args.shape.c, P = args.shape.p;
+  const T* gy = static_cast<const T*>(args.gy);
+  const T* x = static_cast<const T*>(args.x);
+  const A* a = static_cast<const A*>(args.a);
+  const A* s = static_cast<const A*>(args.s);
+  A* ga = static_cast<A*>(args.ga);
+  A* gs = static_cast<A*>(args.gs);
+  A* partials = static_cast<A*>(args.partials);
+  const int64_t blocks = ga_blocks(kLayout, P);
+  if constexpr (kLayout == Layout::NCHW) {  // per (n, pixel block): walk channels, lanes are pixels
+    constexpr int64_t kBlock = kNchwPixelBlock;
+    constexpr int64_t kVecs = kBlock / L;
+    at::parallel_for(0, N * blocks, grain_for(C * kBlock), [&](int64_t begin, int64_t end) {
+      Vec<A> gs_acc[kVecs];
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / blocks, b = item % blocks, p0 = b * kBlock;
+        const int64_t width = std::min(kBlock, P - p0);
+        const int64_t vecs = (width + L - 1) / L;
+        for (int64_t j = 0; j < kVecs; ++j) gs_acc[j] = Vec<A>(0);
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t off = (n * C + c) * P + p0;
+          const Vec<A> ac(a ? a[n * C + c] : A(1));
+          Vec<A> ga_acc(0);
+          for (int64_t j = 0; j < vecs; ++j) {
+            const int64_t m = std::min(L, width - j * L);
+            const Vec<A> g = m == L ? Io<T>::load(gy + off + j * L) * Io<T>::load(x + off + j * L)
+                                    : Io<T>::load(gy + off + j * L, m) * Io<T>::load(x + off + j * L, m);
+            if (gs) gs_acc[j] = gs_acc[j] + (a ? g * ac : g);
+            if (ga) ga_acc = ga_acc + (s ? g * load_small(s + n * P + p0 + j * L, m, L) : g);
+          }
+          if (ga) partials[(n * blocks + b) * C + c] = fold_sum(ga_acc);
+        }
+        if (gs) {
+          for (int64_t j = 0; j < vecs; ++j) {
+            const int64_t m = std::min(L, width - j * L);
+            gs_acc[j].store(gs + n * P + p0 + j * L, m);
+          }
+        }
+      }
+    });
+  } else {  // per (n, pixel chunk): rows of C channels, lanes are channels
+    at::parallel_for(0, N * blocks, grain_for(C * kNhwcPixelChunk), [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / blocks, b = item % blocks, p0 = b * kNhwcPixelChunk;
+        const int64_t p1 = std::min(P, p0 + kNhwcPixelChunk);
+        A* part = partials ? partials + (n * blocks + b) * C : nullptr;
+        if (ga) std::fill(part, part + C, A(0));
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t off = (n * P + p) * C;
+          const Vec<A> sp(s ? s[n * P + p] : A(1));
+          Vec<A> gs_acc(0);
+          for (int64_t c = 0; c < C; c += L) {
+            const int64_t m = std::min(L, C - c);
+            const Vec<A> g = m == L ? Io<T>::load(gy + off + c) * Io<T>::load(x + off + c)
+                                    : Io<T>::load(gy + off + c, m) * Io<T>::load(x + off + c, m);
+            if (gs) gs_acc = gs_acc + (a ? g * load_small(a + n * C + c, m, L) : g);
+            if (ga) {
+              const Vec<A> sum = load_small(part + c, m, L) + (s ? g * sp : g);
+              sum.store(part + c, m);
+            }
+          }
+          if (gs) gs[n * P + p] = fold_sum(gs_acc);
+        }
+      }
+    });
+  }
+  if (ga) reduce_partials(partials, ga, N, blocks, C);
+}
+
+// ------------------------------------------------------------------------------ pool_c_grad_a
+// Reads x once (|x|): ga[n,c] = sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie indicator of the
+// channel pool (index-style: c == argmax[p]; split-style: acc(x) * a[c] == max[p]).
+template <typename T, Layout kLayout>
+void pool_c_grad_a(const PoolCGradAArgs& args) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  const int64_t N = args.shape.n, C = args.shape.c, P = args.shape.p;
+  const T* x = static_cast<const T*>(args.x);
+  const A* a = static_cast<const A*>(args.a);
+  const A* u = static_cast<const A*>(args.u);
+  const A* v = static_cast<const A*>(args.v);
+  const A* argmax = static_cast<const A*>(args.argmax);
+  const A* mx = static_cast<const A*>(args.max);
+  const bool split = args.split;
+  A* partials = static_cast<A*>(args.partials);
+  const int64_t blocks = ga_blocks(kLayout, P);
+  const Vec<A> one(1);
+  if constexpr (kLayout == Layout::NCHW) {  // per (n, pixel block): walk channels, lanes are pixels
+    constexpr int64_t kBlock = kNchwPixelBlock;
+    at::parallel_for(0, N * blocks, grain_for(C * kBlock), [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / blocks, b = item % blocks, p0 = b * kBlock;
+        const int64_t width = std::min(kBlock, P - p0);
+        const int64_t q = n * P + p0;  // offset of the block in the [N,P] arrays
+        for (int64_t c = 0; c < C; ++c) {
+          const T* row = x + (n * C + c) * P + p0;
+          const Vec<A> ac(a[n * C + c]), at(static_cast<A>(c));
+          Vec<A> acc(0);
+          for (int64_t i = 0; i < width; i += L) {
+            const int64_t m = std::min(L, width - i);
+            const Vec<A> xv = m == L ? Io<T>::load(row + i) : Io<T>::load(row + i, m);
+            const Vec<A> tie = split ? (xv * ac) == load_small(mx + q + i, m, L)
+                                     : at == load_small(argmax + q + i, m, L);
+            const Vec<A> w = load_small(u + q + i, m, L) + (tie & one) * load_small(v + q + i, m, L);
+            acc = acc + xv * w;  // padding lanes: x = 0 and w = 0
+          }
+          partials[(n * blocks + b) * C + c] = fold_sum(acc);
+        }
+      }
+    });
+  } else {  // per (n, pixel chunk): rows of C channels, lanes are channels
+    at::parallel_for(0, N * blocks, grain_for(C * kNhwcPixelChunk), [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / blocks, b = item % blocks, p0 = b * kNhwcPixelChunk;
+        const int64_t p1 = std::min(P, p0 + kNhwcPixelChunk);
+        A* part = partials + (n * blocks + b) * C;
+        std::fill(part, part + C, A(0));
+        for (int64_t p = p0; p < p1; ++p) {
+          const T* row = x + (n * P + p) * C;
+          const Vec<A> up(u[n * P + p]), vp(v[n * P + p]), kp(argmax[n * P + p]), mp(mx[n * P + p]);
+          for (int64_t c = 0; c < C; c += L) {
+            const int64_t m = std::min(L, C - c);
+            const Vec<A> xv = m == L ? Io<T>::load(row + c) : Io<T>::load(row + c, m);
+            const Vec<A> tie = split ? (xv * load_small(a + n * C + c, m, L)) == mp
+                                     : Vec<A>::arange(static_cast<A>(c), 1) == kp;
+            const Vec<A> sum = load_small(part + c, m, L) + xv * (up + (tie & one) * vp);
+            sum.store(part + c, m);
+          }
+        }
+      }
+    });
+  }
+  reduce_partials(partials, static_cast<A*>(args.ga), N, blocks, C);
+}
+
+// --------------------------------------------------------------------------------- input_grad
+// Reads gy, writes gx (2|x|; split-style ties also read x):
+// gx = A*(gy*S + u_c[p] + Tc*v_c[p]) + u_hw[c] + Thw*v_hw[c].
+template <typename T, Layout kLayout>
+void input_grad(const InputGradArgs& args) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  const int64_t N = args.shape.n, C = args.shape.c, P = args.shape.p;
+  const T* gy = static_cast<const T*>(args.gy);
+  const T* x = static_cast<const T*>(args.x);
+  T* gx = static_cast<T*>(args.gx);
+  const auto small = [](const void* p) { return static_cast<const A*>(p); };
+  const A *a = small(args.a), *s = small(args.s);
+  const A *u_c = small(args.u_c), *v_c = small(args.v_c), *k_c = small(args.argmax_c), *m_c = small(args.max_c);
+  const A *u_hw = small(args.u_hw), *v_hw = small(args.v_hw), *k_hw = small(args.argmax_hw),
+          *m_hw = small(args.max_hw);
+  const bool split = args.split;
+  const Vec<A> one(1);
+  constexpr bool kNchw = kLayout == Layout::NCHW;
+  const int64_t len = kNchw ? P : C;
+  at::parallel_for(0, kNchw ? N * C : N * P, grain_for(len), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = kNchw ? r / C : r / P;
+      const int64_t row_c = kNchw ? r % C : 0, row_p = kNchw ? 0 : r % P;
+      // Per-channel terms ([N,C]) are broadcast along an NCHW row and loaded along an NHWC row;
+      // per-pixel terms ([N,P]) the other way round. `lane` loads a lane-varying small array at
+      // i, `bcast` broadcasts a row-constant one; `chan`/`pix` pick whichever applies.
+      const int64_t chan0 = n * C + row_c, pix0 = n * P + row_p;
+      const T* gyr = gy + r * len;
+      const T* xr = x ? x + r * len : nullptr;
+      T* gxr = gx + r * len;
+      for (int64_t i = 0; i < len; i += L) {
+        const int64_t m = std::min(L, len - i);
+        const auto chan = [&](const A* t) {
+          return kNchw ? Vec<A>(t[chan0]) : load_small(t + chan0 + i, m, L);
+        };
+        const auto pix = [&](const A* t) {
+          return kNchw ? load_small(t + pix0 + i, m, L) : Vec<A>(t[pix0]);
+        };
+        const Vec<A> at_c = kNchw ? Vec<A>(static_cast<A>(row_c)) : Vec<A>::arange(static_cast<A>(i), 1);
+        const Vec<A> at_p = kNchw ? Vec<A>::arange(static_cast<A>(i), 1) : Vec<A>(static_cast<A>(row_p));
+        Vec<A> g = m == L ? Io<T>::load(gyr + i) : Io<T>::load(gyr + i, m);
+        Vec<A> xv(0);
+        if (split) xv = m == L ? Io<T>::load(xr + i) : Io<T>::load(xr + i, m);
+        if (s) g = g * pix(s);
+        if (u_c) {
+          const Vec<A> tie = split ? (a ? xv * chan(a) : xv) == pix(m_c) : at_c == pix(k_c);
+          g = g + pix(u_c) + (tie & one) * pix(v_c);
+        }
+        if (a) g = g * chan(a);
+        if (u_hw) {
+          const Vec<A> tie = split ? xv == chan(m_hw) : at_p == chan(k_hw);
+          g = g + chan(u_hw) + (tie & one) * chan(v_hw);
+        }
+        if (m == L) {
+          Io<T>::store(gxr + i, g);
+        } else {
+          Io<T>::store(gxr + i, g, m);
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------ the table
+template <typename T>
+void fill_dtype(KernelTable& t, DType d) {
+  const int i = static_cast<int>(d);
+  constexpr int kN = static_cast<int>(Layout::NCHW), kC = static_cast<int>(Layout::NHWC);
+  t.pool_hw[i][kN] = &pool_hw<T, Layout::NCHW>;
+  t.pool_hw[i][kC] = &pool_hw<T, Layout::NHWC>;
+  t.pool_c[i][kN] = &pool_c<T, Layout::NCHW>;
+  t.pool_c[i][kC] = &pool_c<T, Layout::NHWC>;
+  t.apply_gates[i][kN] = &apply_gates<T, Layout::NCHW>;
+  t.apply_gates[i][kC] = &apply_gates<T, Layout::NHWC>;
+  t.gate_grads[i][kN] = &gate_grads<T, Layout::NCHW>;
+  t.gate_grads[i][kC] = &gate_grads<T, Layout::NHWC>;
+  t.pool_c_grad_a[i][kN] = &pool_c_grad_a<T, Layout::NCHW>;
+  t.pool_c_grad_a[i][kC] = &pool_c_grad_a<T, Layout::NHWC>;
+  t.input_grad[i][kN] = &input_grad<T, Layout::NCHW>;
+  t.input_grad[i][kC] = &input_grad<T, Layout::NHWC>;
+}
+
+inline void fill_table(KernelTable& t) {
+  fill_dtype<float>(t, DType::F32);
+  fill_dtype<double>(t, DType::F64);
+  fill_dtype<c10::BFloat16>(t, DType::BF16);
+  fill_dtype<c10::Half>(t, DType::F16);
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cbam_fused::cpu
