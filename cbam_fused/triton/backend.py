@@ -17,19 +17,23 @@ def _check_big(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); the Triton passes need N, C, H, W >= 1")
 
 
-def _check_small(x: Tensor, **named) -> None:
-    """Per-channel/per-pixel tensors must be contiguous, on x's device, with the contract's dtype and size."""
+def _small(x: Tensor, **named):
+    """Per-channel/per-pixel tensors, checked for x's device, the contract's dtype and size, made contiguous."""
     n, c, h, w = x.shape
     sizes = {"channel": n * c, "pixel": n * h * w}
     acc = acc_dtype(x.dtype)
+    out = []
     for name, (t, kind, dtype) in named.items():
-        if t is None:
-            continue
-        want = acc if dtype is None else dtype
-        if t.device != x.device or t.dtype != want or t.numel() != sizes[kind] or not t.is_contiguous():
-            raise ValueError(f"{name} must be a contiguous {want} tensor of {sizes[kind]} elements "
-                             f"([N, {'C' if kind == 'channel' else 'H*W'}]) on {x.device}, got "
-                             f"{t.dtype} {tuple(t.shape)} on {t.device}")
+        if t is not None:
+            want = acc if dtype is None else dtype
+            if not isinstance(t, Tensor) or t.device != x.device or t.dtype != want or t.numel() != sizes[kind]:
+                raise ValueError(f"{name} must be a {want} tensor of {sizes[kind]} elements "
+                                 f"([N, {'C' if kind == 'channel' else 'H*W'}]) on {x.device}, got "
+                                 f"{getattr(t, 'dtype', type(t))} {tuple(getattr(t, 'shape', ()))} "
+                                 f"on {getattr(t, 'device', None)}")
+            t = t.contiguous()
+        out.append(t)
+    return out
 
 
 class TritonPasses:
@@ -43,12 +47,12 @@ class TritonPasses:
 
     def pool_c(self, x, a):
         _check_big("x", x)
-        _check_small(x, a=(a, "channel", None))
+        (a,) = _small(x, a=(a, "channel", None))
         return spatial.pool_c(x, a, acc_dtype(x.dtype))
 
     def apply_gates(self, x, a, s):
         _check_big("x", x)
-        _check_small(x, a=(a, "channel", None), s=(s, "pixel", None))
+        a, s = _small(x, a=(a, "channel", None), s=(s, "pixel", None))
         return gates.apply_gates(x, a, s, acc_dtype(x.dtype))
 
     def gate_grads(self, gy, x, a, s, want_a, want_s):
@@ -56,13 +60,13 @@ class TritonPasses:
         _check_big("gy", gy)
         if gy.shape != x.shape or gy.dtype != x.dtype or gy.device != x.device:
             raise ValueError(f"gy ({gy.dtype} {tuple(gy.shape)}) must match x ({x.dtype} {tuple(x.shape)})")
-        _check_small(x, a=(a, "channel", None), s=(s, "pixel", None))
+        a, s = _small(x, a=(a, "channel", None), s=(s, "pixel", None))
         return spatial.gate_grads(gy, x, a, s, want_a, want_s, acc_dtype(x.dtype))
 
     def pool_c_grad_a(self, x, a, u, v, argmax, mx, split):
         _check_big("x", x)
-        _check_small(x, a=(a, "channel", None), u=(u, "pixel", None), v=(v, "pixel", None),
-                     argmax=(argmax, "pixel", torch.int32), mx=(mx, "pixel", None))
+        a, u, v, argmax, mx = _small(x, a=(a, "channel", None), u=(u, "pixel", None), v=(v, "pixel", None),
+                                     argmax=(argmax, "pixel", torch.int32), mx=(mx, "pixel", None))
         return channel.pool_c_grad_a(x, a, u, v, argmax, mx, split, acc_dtype(x.dtype))
 
     def input_grad(self, gy, x, a, s, u_c, v_c, argmax_c, max_c, u_hw, v_hw, argmax_hw, max_hw, split):
@@ -81,9 +85,10 @@ class TritonPasses:
             raise ValueError("the pool over channels needs " + ("max_c" if split else "argmax_c"))
         if need_hw and (max_hw if split else argmax_hw) is None:
             raise ValueError("the pool over pixels needs " + ("max_hw" if split else "argmax_hw"))
-        _check_small(gy, a=(a, "channel", None), s=(s, "pixel", None), u_c=(u_c, "pixel", None),
-                     v_c=(v_c, "pixel", None), argmax_c=(argmax_c, "pixel", torch.int32),
-                     max_c=(max_c, "pixel", None), u_hw=(u_hw, "channel", None), v_hw=(v_hw, "channel", None),
-                     argmax_hw=(argmax_hw, "channel", torch.int32), max_hw=(max_hw, "channel", None))
+        a, s, u_c, v_c, argmax_c, max_c, u_hw, v_hw, argmax_hw, max_hw = _small(
+            gy, a=(a, "channel", None), s=(s, "pixel", None), u_c=(u_c, "pixel", None), v_c=(v_c, "pixel", None),
+            argmax_c=(argmax_c, "pixel", torch.int32), max_c=(max_c, "pixel", None), u_hw=(u_hw, "channel", None),
+            v_hw=(v_hw, "channel", None), argmax_hw=(argmax_hw, "channel", torch.int32),
+            max_hw=(max_hw, "channel", None))
         return gates.input_grad(gy, x, a, s, u_c, v_c, argmax_c, max_c, u_hw, v_hw, argmax_hw, max_hw, split,
                                 acc_dtype(gy.dtype))
