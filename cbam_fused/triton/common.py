@@ -15,7 +15,7 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 BLOCK_P = 16 if INTERPRET else 64
-INT32_MAX = 2**31 - 1
+INT32_MAX = tl.constexpr(2**31 - 1)
 
 
 def block_c_configs(block_cs=(16, 32, 64), warps=(2, 4, 8)):
