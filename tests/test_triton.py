@@ -29,9 +29,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 LAYOUTS = ["nchw", "channels_last"]
 SHAPES = {
-    "tiles": (2, 40, 7, 9),  # 3 channel blocks x 4 pixel tiles per sample
+    "tiles": (2, 40, 7, 9),  # 3 channel blocks x 4 pixel tiles (2 chunks of 2) per sample
     "primes": (1, 17, 13, 11),
-    "long": (1, 3, 17, 19),  # 21 pixel tiles: more partials than one fold block holds
+    "long": (1, 3, 17, 19),  # 21 pixel tiles, 11 chunks: more partials than one fold block holds
     "hw1": (3, 5, 1, 1),
     "h1": (2, 3, 1, 13),
     "c1": (2, 1, 5, 4),
@@ -51,14 +51,14 @@ def test_small_test_shapes_use_several_programs_per_reduction():
     if not torch.cuda.is_available():
         from cbam_fused.triton import common
 
-        assert common.INTERPRET and common.BLOCK_P == 16
+        assert common.INTERPRET and common.BLOCK_P == 16 and common.TILES_PER_PROGRAM == 2
         assert [c.kwargs["BLOCK_C"] for c in common.block_c_configs()] == [16]
-    from cbam_fused.triton.common import BLOCK_P, num_pixel_tiles
+    from cbam_fused.triton.common import BLOCK_P, FOLD_BLOCK, num_pixel_chunks, num_pixel_tiles
 
     n, c, h, w = SHAPES["tiles"]
-    assert num_pixel_tiles(h * w) >= 3 and h * w > BLOCK_P
+    assert num_pixel_tiles(h * w) >= 3 and num_pixel_chunks(h * w) >= 2 and h * w > BLOCK_P
     n, c, h, w = SHAPES["long"]
-    assert num_pixel_tiles(h * w) > 16  # the fold kernel loops over partial chunks of 16
+    assert num_pixel_chunks(h * w) > 2 * FOLD_BLOCK  # the fold kernel loops over several blocks of partials
 
 
 def make_x(shape, dtype, layout, kind="randn", seed=0):

@@ -18,7 +18,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from cbam_fused.triton import channel, gates, spatial  # noqa: E402
+from cbam_fused.triton import channel, common, gates, spatial  # noqa: E402
 
 TARGET = GPUTarget("cuda", 80, 32)
 TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64", "int32": "i32"}
@@ -61,8 +61,9 @@ def compile_variant(kernel, pointers, flags, dtype):
     constexprs = dict(config, **flags)
     if "IS_FP64" in kernel.arg_names:
         constexprs["IS_FP64"] = dtype == "float64"
-    if "BLOCK_P" in kernel.arg_names and "BLOCK_P" not in constexprs:
-        constexprs["BLOCK_P"] = 64
+    for name, value in (("BLOCK_P", common.BLOCK_P), ("TILES_PER_PROGRAM", common.TILES_PER_PROGRAM)):
+        if name in kernel.arg_names and name not in constexprs:
+            constexprs[name] = value
     signature = {}
     for name in kernel.arg_names:
         if name in constexprs:

@@ -15,6 +15,11 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 BLOCK_P = 16 if INTERPRET else 64
+# the reductions over pixels walk this many pixel tiles per program, which keeps their partial
+# results (one per program) at a small fraction of |x|
+TILES_PER_PROGRAM = 2 if INTERPRET else 8
+# partials folded per step of the fold loop
+FOLD_BLOCK = 4 if INTERPRET else 16
 INT32_MAX = tl.constexpr(2**31 - 1)
 
 
@@ -31,6 +36,11 @@ AUTOTUNE_KEY = ["C", "P", "stride_xc"]
 
 def num_pixel_tiles(pixels: int) -> int:
     return triton.cdiv(pixels, BLOCK_P)
+
+
+def num_pixel_chunks(pixels: int) -> int:
+    """Programs along the pixels of a reduction over pixels (each walks TILES_PER_PROGRAM tiles)."""
+    return triton.cdiv(pixels, BLOCK_P * TILES_PER_PROGRAM)
 
 
 def pixel_stride(t: torch.Tensor):
