@@ -238,6 +238,8 @@ def test_bad_inputs_raise_clear_errors(tp):
         tp.pool_hw(x[0])
     with pytest.raises(ValueError, match="empty"):
         tp.pool_hw(x[:0])
+    with pytest.raises(ValueError, match="batch size 65536"):
+        tp.pool_hw(x[:1, :1, :1, :1].expand(65536, 1, 1, 1))
     with pytest.raises(ValueError, match="a must be a torch.float32 tensor of 8 elements"):
         tp.pool_c(x, torch.ones(2, 5, device=DEVICE))
     with pytest.raises(ValueError, match="a must be a torch.float32"):

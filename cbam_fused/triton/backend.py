@@ -6,6 +6,7 @@ from ..passes import acc_dtype
 from . import channel, gates, spatial
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_MAX_BATCH = 65535  # the batch is the third grid dimension
 
 
 def _check_big(name: str, t: Tensor) -> None:
@@ -15,6 +16,9 @@ def _check_big(name: str, t: Tensor) -> None:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
     if t.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); the Triton passes need N, C, H, W >= 1")
+    if t.shape[0] > _MAX_BATCH:
+        raise ValueError(f"{name} has batch size {t.shape[0]}; the Triton passes launch one grid row per sample "
+                         f"and CUDA allows at most {_MAX_BATCH}: split the batch")
 
 
 def _small(x: Tensor, **named):

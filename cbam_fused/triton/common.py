@@ -30,7 +30,8 @@ def block_c_configs(block_cs=(16, 32, 64), warps=(2, 4, 8)):
     return [triton.Config({"BLOCK_C": bc}, num_warps=w) for bc in block_cs for w in warps]
 
 
-# autotune key: the sizes plus the channel stride, which tells NCHW from channels_last
+# autotune key: the sizes plus x's channel stride, which tells NCHW from channels_last (input_grad,
+# which may not read x, keys on gy's and gx's)
 AUTOTUNE_KEY = ["C", "P", "stride_xc"]
 
 

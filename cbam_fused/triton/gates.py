@@ -45,7 +45,7 @@ def apply_gates(x, a, s, acc: torch.dtype):
     return y
 
 
-@triton.autotune(configs=block_c_configs(), key=AUTOTUNE_KEY)
+@triton.autotune(configs=block_c_configs(), key=["C", "P", "stride_gc", "stride_oc"])
 @triton.jit
 def _input_grad_kernel(gy_ptr, x_ptr, a_ptr, s_ptr,
                        u_c_ptr, v_c_ptr, argmax_c_ptr, max_c_ptr,
