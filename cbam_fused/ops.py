@@ -414,6 +414,14 @@ def _triton_ops():
     return _TRITON_OPS
 
 
+@torch.compiler.assume_constant_result
+def _define_triton_ops() -> bool:
+    """Define the triton_op twins; torch.compile runs this at trace time instead of tracing it
+    (dynamo refuses to trace ``triton_op`` itself, which broke fullgraph on a first call)."""
+    _triton_ops()
+    return True
+
+
 # ------------------------------------------------------------------------------- eager composite
 def _eager(x, cw, pools, cgate, sw, sgate, ties):
     """The "torch" backend: the same math with stock ops and autograd (also the ONNX export path)."""
@@ -541,7 +549,9 @@ def attention(
         sw = _spatial_weights(conv_weight, conv_bias, spatial_order, bn, bn_weight, bn_bias,
                               bn_running_mean, bn_running_var, bn_eps, acc)
         return _eager(x, cw, channel_pools, channel_gate, sw, spatial_gate, ties)
-    op = _triton_ops()[0] if name == "triton" else _forward_op
+    op = _forward_op
+    if name == "triton" and _define_triton_ops():
+        op = torch.ops.cbam_fused.attention_forward_triton
     out = op(x, w1, b1, w2, b2, conv_weight, conv_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var,
              channel_kind, channel_pools, channel_gate, spatial_order, spatial_gate, bn, float(bn_eps), ties,
              name)

@@ -77,7 +77,10 @@ def backend(request):
 
 
 def device_of(backend: str) -> str:
-    return "cuda" if backend == "cuda" else "cpu"
+    # Triton runs on CUDA tensors when there is a GPU (the interpreter is only set without one)
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
 
 
 def pytest_collection_modifyitems(config, items):
