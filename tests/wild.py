@@ -150,7 +150,7 @@ class MapOnlyUser(nn.Module):
         self.ca = MapOnlyChannelAttention(channels, 4)
 
     def forward(self, x):
-        return self.ca(x) * x
+        return x + self.ca(x) * x  # a residual around the gated map: the user block itself is no CBAM
 
 
 class SiluSE(nn.Module):
