@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -37,6 +38,9 @@ from .modules import Flavor, run_attention
 
 __all__ = ["convert", "ConvertReport", "FusedBlock"]
 
+# class names of channel/spatial attention blocks: an unrecognised one is reported, not passed over silently
+_ATTENTION_LIKE = re.compile(r"Cbam|CBAM|Ceca|Eca[A-Z]|^Eca$|ECA|Squeeze|Excit|EffectiveSE|^E?SE(Module|Block|Layer)?$|"
+                             r"(Channel|Spatial)_?(Gate|Attn|Attention)")
 _PROBE_TOL = 1e-6  # relative to the largest magnitude; fp64 runs differ by ~1e-15, hard-sigmoid by ~3e-8
 
 
@@ -388,6 +392,11 @@ def convert(model: nn.Module, *, backend: Optional[str] = None) -> ConvertReport
                 visit(child, path)  # its parts may still be convertible units on their own
                 continue
             if recipe is None:
+                if _ATTENTION_LIKE.search(type(child).__name__) and next(child.parameters(), None) is not None:
+                    report.skipped.append((path, type(child).__name__, (
+                        "named like channel/spatial attention, but its layers are not a channel map (two 1x1 "
+                        "convs or Linear layers C->Cr->C, one C->C, or a Conv1d(1, 1, k)) and/or a "
+                        "Conv2d(2 or 1, 1, K) with an optional BatchNorm(1)")))
                 visit(child, path)
                 continue
             fused = FusedBlock(child, recipe, type(child).__name__, backend=backend)

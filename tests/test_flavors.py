@@ -15,7 +15,7 @@ import cbam_fused as cf
 from cbam_fused import reference as R
 
 from .conftest import device_of
-from .matching import assert_matches
+from .matching import assert_matches, skip_random_on_slow
 from .wild import eager_cbam
 
 SHAPE = (2, 16, 5, 6)
@@ -109,6 +109,7 @@ def run_eager(m: cf.CBAM, opts: dict, x: torch.Tensor, gy: torch.Tensor, trainin
 @pytest.mark.parametrize("data", ["random", "ties"])
 @pytest.mark.parametrize("flavor", list(FLAVORS))
 def test_cbam_flavor(backend, flavor, data, training):
+    skip_random_on_slow(backend, data)
     device = device_of(backend)
     opts = dict(FLAVORS[flavor])
     reduction = opts.pop("reduction", 4)
