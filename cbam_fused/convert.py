@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import modules as _fused_modules
 from .modules import Flavor, run_attention
 
 __all__ = ["convert", "ConvertReport", "FusedBlock"]
@@ -370,6 +371,10 @@ def _match(block: nn.Module, known: list) -> Optional[Recipe]:
 
 
 # ------------------------------------------------------------------------------------- convert
+_ALREADY_FUSED = (FusedBlock, _fused_modules.CBAM, _fused_modules.ChannelAttention, _fused_modules.SpatialAttention,
+                  _fused_modules.SE, _fused_modules.ECA)
+
+
 def convert(model: nn.Module, *, backend: Optional[str] = None) -> ConvertReport:
     """Replace, in place, every attention block of ``model`` that the fused ops reproduce exactly.
 
@@ -383,7 +388,7 @@ def convert(model: nn.Module, *, backend: Optional[str] = None) -> ConvertReport
     def visit(parent: nn.Module, prefix: str) -> None:
         for name, child in list(parent.named_children()):
             path = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, FusedBlock):
+            if isinstance(child, _ALREADY_FUSED):
                 continue
             try:
                 recipe = _match(child, known)

@@ -252,6 +252,13 @@ def test_root_is_not_replaced():
     assert isinstance(block, UltraCBAM)
 
 
+def test_fused_modules_are_left_as_they_are():
+    model = nn.Sequential(cf.CBAM(16, 4), cf.SE(16), cf.ECA(16))
+    report = cf.convert(model)
+    assert not report.replaced and not report.skipped
+    assert [type(m) for m in model] == [cf.CBAM, cf.SE, cf.ECA]
+
+
 def test_report_is_printable():
     model = nn.Sequential(UltraCBAM(16), SiluSE(16, 4))
     text = str(cf.convert(model))
