@@ -246,3 +246,46 @@ def test_bn_training_needs_more_than_one_value():
     m = cf.CBAM(8, 4, 3, spatial_bn=True, backend="torch").train()
     with pytest.raises(ValueError, match="more than 1 value"):
         m(torch.randn(1, 8, 1, 1))
+
+
+@pytest.mark.parametrize("arrangement", ["channel_spatial", "spatial_channel", "parallel"])
+def test_arrangements_channels_last(backend, arrangement):
+    device = device_of(backend)
+    opts = dict(arrangement=arrangement, spatial_bn=True, ties="split")
+    m = cf.CBAM(SHAPE[1], 4, 3, **opts, backend=backend)
+    randomize(m, 5)
+    m.train()
+    x = make_input(9, "ties")
+    gy = torch.randn(SHAPE, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    y_ref, g_ref, _ = run_eager(m, opts, x, gy, True, torch.float64)
+    y_org, g_org, _ = run_eager(m, opts, x, gy, True, torch.float32)
+    m = m.to(device)
+    xf = x.to(torch.float32).to(device).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = m(xf)
+    assert y.is_contiguous(memory_format=torch.channels_last), "the output lost the channels_last layout"
+    y.backward(gy.to(torch.float32).to(device).contiguous(memory_format=torch.channels_last))
+    assert_matches(f"{arrangement} y", y, y_org, y_ref)
+    assert_matches(f"{arrangement} grad x", xf.grad, g_org["x"], g_ref["x"])
+    for name, p in roles(m).items():
+        assert_matches(f"{arrangement} grad {name}", p.grad.reshape(g_ref[name].shape), g_org[name], g_ref[name])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_bn_without_running_stats(backend, training):
+    """track_running_stats=False: batch statistics in eval mode too, and no buffers to update."""
+    device = device_of(backend)
+    m = cf.CBAM(SHAPE[1], 4, 3, spatial_bn=True, backend=backend)
+    m.spatial_attention.bn = nn.BatchNorm2d(1, track_running_stats=False)
+    randomize(m, 6)
+    m.train(training)
+    x = make_input(11, "random")
+    gy = torch.randn(SHAPE, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    y_ref, g_ref, _ = run_eager(m, {}, x, gy, training, torch.float64)
+    y_org, g_org, _ = run_eager(m, {}, x, gy, training, torch.float32)
+    m = m.to(device)
+    xf = x.to(torch.float32).to(device).requires_grad_()
+    y = m(xf)
+    y.backward(gy.to(torch.float32).to(device))
+    assert_matches("y", y, y_org, y_ref)
+    assert_matches("grad x", xf.grad, g_org["x"], g_ref["x"])
+    assert_matches("grad bn_w", m.spatial_attention.bn.weight.grad, g_org["bn_w"], g_ref["bn_w"])
