@@ -42,6 +42,7 @@ __all__ = ["convert", "ConvertReport", "FusedBlock"]
 # class names of channel/spatial attention blocks: an unrecognised one is reported, not passed over silently
 _ATTENTION_LIKE = re.compile(r"Cbam|CBAM|Ceca|Eca[A-Z]|^Eca$|ECA|Squeeze|Excit|EffectiveSE|^E?SE(Module|Block|Layer)?$|"
                              r"(Channel|Spatial)_?(Gate|Attn|Attention)")
+_GATE_KINDS = ("sigmoid", "hard_sigmoid", "keras_hard_sigmoid")
 _PROBE_TOL = 1e-6  # relative to the largest magnitude; fp64 runs differ by ~1e-15, hard-sigmoid by ~3e-8
 
 
@@ -240,20 +241,27 @@ def _structure(block: nn.Module) -> dict:
     for p, m in block.named_modules():
         if p and next(m.children(), None) is None and next(m.parameters(), None) is None:
             kind = _elementwise_kind(m)
-            if kind == "other":
-                raise _Skip(f"{p} ({type(m).__name__}) is an elementwise function the fused ops do not have "
-                            "(only ReLU inside the MLP and sigmoid / hard-sigmoid gates are)")
             if kind is not None:
                 kinds[p] = kind
-    for p, m in block.named_modules():
-        pools = getattr(m, "pool_types", None)
-        if isinstance(pools, (list, tuple)):
-            bad = [t for t in pools if t not in ("avg", "max")]
-            if bad:
-                raise _Skip(f"pool types {bad} (only avg and max pools are fused)")
-            out["pool_types"] = list(pools)
+    hints = {}
+    for m in block.modules():
+        if isinstance(getattr(m, "pool_types", None), (list, tuple)):
+            hints["pool_types"] = list(m.pool_types)
         if isinstance(getattr(m, "add_maxpool", None), bool):
-            out["add_maxpool"] = m.add_maxpool
+            hints["add_maxpool"] = m.add_maxpool
+    # a plain layer stack (say a 1x1 conv and a ReLU) is no attention block: ask for a gate module,
+    # an attention-like class name or the official code's pool list before probing
+    gated = any(k in _GATE_KINDS for k in kinds.values()) or _ATTENTION_LIKE.search(type(block).__name__)
+    if not (gated or hints):
+        return {}
+    for p, kind in kinds.items():
+        if kind == "other":
+            raise _Skip(f"{p} ({type(block.get_submodule(p)).__name__}) is an elementwise function the fused ops "
+                        "do not have (only ReLU inside the MLP and sigmoid / hard-sigmoid gates are)")
+    bad = [t for t in hints.get("pool_types", []) if t not in ("avg", "max")]
+    if bad:
+        raise _Skip(f"pool types {bad} (only avg and max pools are fused)")
+    out.update(hints)
     out["elementwise"] = kinds
     return out
 

@@ -273,3 +273,11 @@ def test_units_alone_are_converted():
     assert len(report.replaced) == 3 and not report.skipped, str(report)
     x = planted(2).float()
     assert torch.allclose(model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def test_plain_layers_are_not_taken_for_attention():
+    """A 1x1 conv C->C with a ReLU, or two 1x1 convs, look like a channel map but gate nothing."""
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(16, 16, 1), nn.ReLU()),
+                          nn.Sequential(nn.Conv2d(16, 4, 1), nn.ReLU(), nn.Conv2d(4, 16, 1)))
+    report = cf.convert(model)
+    assert not report.replaced and not report.skipped, str(report)
