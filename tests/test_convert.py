@@ -281,3 +281,8 @@ def test_plain_layers_are_not_taken_for_attention():
                           nn.Sequential(nn.Conv2d(16, 4, 1), nn.ReLU(), nn.Conv2d(4, 16, 1)))
     report = cf.convert(model)
     assert not report.replaced and not report.skipped, str(report)
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend"):
+        cf.convert(nn.Sequential(UltraCBAM(16)), backend="gpu")
