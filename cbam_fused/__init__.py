@@ -1,7 +1,8 @@
 """cbam_fused: fused CBAM (channel + spatial attention) for PyTorch, with CPU, CUDA and Triton kernels."""
 from . import reference
 from .functional import cbam, channel_attention, spatial_attention
-from .modules import CBAM, ChannelAttention, SpatialAttention
+from .convert import ConvertReport, convert
+from .modules import CBAM, ECA, SE, ChannelAttention, SpatialAttention
 from .ops import attention, available_backends
 
 __version__ = "0.1.0"
@@ -16,4 +17,8 @@ __all__ = [
     "CBAM",
     "ChannelAttention",
     "SpatialAttention",
+    "SE",
+    "ECA",
+    "convert",
+    "ConvertReport",
 ]

@@ -270,6 +270,18 @@ def _passes_for(backend: str):
         raise RuntimeError(f"backend {backend!r} has no compiled passes in this process") from None
 
 
+def passes_for(backend: str):
+    """The pass set of a resolved backend name, for orchestrations outside the two ops (the parallel
+    arrangement in ``cbam_fused.parallel``); "torch" gets the pure-torch spec passes."""
+    if backend == "torch":
+        return TorchPasses()
+    if backend == "triton":
+        from . import triton as tt
+
+        return tt.TritonPasses()
+    return _passes_for(backend)
+
+
 def _check_config(channel_kind, channel_pools, channel_gate, spatial_gate, ties):
     for value, allowed, what in (
         (channel_kind, ss.CHANNEL_KINDS, "channel_kind"),

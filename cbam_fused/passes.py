@@ -76,7 +76,7 @@ class TorchPasses:
             v = v * a[:, :, None]
         if s is not None:
             v = v * s[:, None, :]
-        return v.to(x.dtype).reshape(x.shape).contiguous(memory_format=_memory_format(x))
+        return _fresh(v.to(x.dtype).reshape(x.shape), x)
 
     def gate_grads(
         self, gy: Tensor, x: Tensor, a: Tensor | None, s: Tensor | None, want_a: bool, want_s: bool
@@ -128,13 +128,20 @@ class TorchPasses:
             g = g * a[:, :, None]
         if u_hw is not None:
             g = g + u_hw[:, :, None] + _tie_over_hw(xf, argmax_hw, max_hw, split, p) * v_hw[:, :, None]
-        return g.to(gy.dtype).reshape(gy.shape).contiguous(memory_format=_memory_format(gy))
+        return _fresh(g.to(gy.dtype).reshape(gy.shape), gy)
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def _fresh(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` in ``like``'s layout as a tensor of its own, never a view: a custom op's output that is a
+    view becomes a multi-output view to autograd, and in-place ops on it (``y += shortcut``) fail."""
+    out = torch.empty_like(t, memory_format=_memory_format(like))
+    return out.copy_(t)
 
 
 def _tie_over_c(xf, a, argmax, mx, split, channels) -> Tensor:
