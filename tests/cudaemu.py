@@ -136,14 +136,13 @@ def _layout(x) -> tuple[bool, tuple[int, int, int]]:
 
 
 def _small(t, x, shape, name, dtype=None):
-    """Check a small operand the way the ATen glue does."""
+    """Check a small operand the way the ATen glue does; small tensors are made contiguous."""
     if t is None:
         return None
     want = dtype or acc_dtype(x.dtype)
-    if t.dtype != want or tuple(t.shape) != tuple(shape) or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous {want} tensor of shape {tuple(shape)}, "
-                         f"got {t.dtype} {tuple(t.shape)}")
-    return t
+    if t.dtype != want or tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must be a {want} tensor of shape {tuple(shape)}, got {t.dtype} {tuple(t.shape)}")
+    return t.contiguous()
 
 
 def _check(rc, what):
