@@ -314,12 +314,23 @@ template <typename T, bool CL> struct PoolCGradAOp {
   template <int V> __device__ void values(const Chunk<CL>& ch, A (&over_p)[V], A (&)[V]) const {
     A xv[V];
     load_chunk(x + ch.off, ch.cnt, xv);
+    if constexpr (CL) {  // one pixel per chunk: its operands are loaded once
+      const index_t pi = ch.n * p + ch.r;
+      const A up = u[pi], vp = v[pi], mp = max[pi];
+      const index_t ap = arg[pi];
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      if (k >= ch.cnt) { over_p[k] = A(0); continue; }
-      const index_t ci = ch.chan(k), pi = ch.n * p + ch.pix(k);
-      const bool tie = split ? xv[k] * a[ch.n * c + ci] == max[pi] : ci == index_t(arg[pi]);
-      over_p[k] = xv[k] * (u[pi] + A(tie ? 1 : 0) * v[pi]);
+      for (int k = 0; k < V; ++k) {
+        const bool tie = k < ch.cnt && (split ? xv[k] * a[ch.n * c + ch.col + k] == mp : ch.col + k == ap);
+        over_p[k] = xv[k] * (up + A(tie ? 1 : 0) * vp);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        if (k >= ch.cnt) { over_p[k] = A(0); continue; }
+        const index_t ci = ch.r, pi = ch.n * p + ch.col + k;
+        const bool tie = split ? xv[k] * a[ch.n * c + ci] == max[pi] : ci == index_t(arg[pi]);
+        over_p[k] = xv[k] * (u[pi] + A(tie ? 1 : 0) * v[pi]);
+      }
     }
   }
 };
