@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace cbam_fused::cuda {
 
@@ -151,7 +152,9 @@ __device__ inline void store_chunk(T* p, int cnt, const A (&in)[V]) {
     Pack<T, V> pk;
 #pragma unroll
     for (int k = 0; k < V; ++k) pk.v[k] = static_cast<T>(in[k]);
-    *reinterpret_cast<Pack<T, V>*>(p) = pk;
+    uint4 raw;  // one 16-byte store; through a plain assignment nvcc was seen to split it into scalars
+    memcpy(&raw, &pk, sizeof raw);
+    __stwb(reinterpret_cast<uint4*>(p), raw);
   } else {
 #pragma unroll
     for (int k = 0; k < V; ++k)
