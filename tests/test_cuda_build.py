@@ -1,7 +1,7 @@
 """ptxas resource usage of the CUDA kernels: no register spills and no local-memory stack frame.
 
 nvcc compiles the kernel translation unit (tests/cudaemu/emu_shim.cu: every launcher of
-csrc/cuda/passes.cuh instantiated for every dtype and layout, with no ATen) for sm_90 with
+csrc/cuda/passes.cuh instantiated for every dtype and layout, with no ATen) for sm_80, sm_90 and sm_120 with
 ``-Xptxas -v``; the same flags as the extension build. Skips without nvcc; under CI=true a missing
 nvcc is a failure.
 """
@@ -16,7 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL_TU = ROOT / "tests" / "cudaemu" / "emu_shim.cu"
-ARCHS = ("sm_90",)
+ARCHS = ("sm_80", "sm_90", "sm_120")  # ptxas register targets differ; sm_80 and sm_120 spilled first
 # the extension build's nvcc defines (torch.utils.cpp_extension) so the code is the one that ships
 TORCH_NVCC_DEFINES = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                       "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]

@@ -176,7 +176,7 @@ template <bool CL> struct Chunk {
 // and/or over channels (result per pixel, `over_c`). In NCHW "over pixels" runs along the columns
 // and "over channels" along the rows; in channels_last the other way round.
 template <typename T, bool CL, class Op>
-__global__ void __launch_bounds__(kThreads) reduce_tiles(Op op, Tiling t, typename Op::Stat* row_part,
+__global__ void reduce_tiles(Op op, Tiling t, typename Op::Stat* row_part,
                                                          typename Op::Stat* col_part) {
   using A = acc_of<T>;
   using Stat = typename Op::Stat;
@@ -340,7 +340,7 @@ template <typename T, bool CL> struct PoolCGradAOp {
 
 // ----------------------------------------------------------------------------- elementwise passes
 template <typename T, bool CL, class Op>
-__global__ void __launch_bounds__(kThreads) map_tiles(Op op, Tiling t, T* out) {
+__global__ void map_tiles(Op op, Tiling t, T* out) {
   using A = acc_of<T>;
   constexpr int V = vec_of<T>();
   const int lane = threadIdx.x, warp = threadIdx.y;
