@@ -245,13 +245,13 @@ __global__ void finish_sum(const SumStat<A>* part, index_t tiles, index_t output
 }
 
 template <typename A>
-__global__ void finish_pool(const PoolStat<A>* part, index_t tiles, index_t outputs, A inv_len, A* mean,
+__global__ void finish_pool(const PoolStat<A>* part, index_t tiles, index_t outputs, A len, A* mean,
                             A* max, int* arg, int* count) {
   const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= outputs) return;
   PoolStat<A> s = part[i * tiles];
   for (index_t t = 1; t < tiles; ++t) s.merge(part[i * tiles + t]);
-  mean[i] = s.sum * inv_len;
+  mean[i] = s.sum / len;  // a division, as torch's mean
   max[i] = s.max;
   arg[i] = s.arg;
   count[i] = s.count;
@@ -490,8 +490,8 @@ inline cudaError_t pool_impl(const Op& op, const Tiling& t, bool per_channel, ac
   if (per_channel) result_partials<Stat, true, CL>(t, along_cols, along_rows, &part, &tiles);
   else result_partials<Stat, false, CL>(t, along_cols, along_rows, &part, &tiles);
   const index_t outputs = t.n * (per_channel ? t.c : t.p);
-  const acc_of<T> inv_len = acc_of<T>(1) / acc_of<T>(per_channel ? t.p : t.c);
-  finish_pool<<<blocks_for(outputs), kThreads, 0, stream>>>(part, tiles, outputs, inv_len, mean, max, arg, count);
+  const acc_of<T> len = acc_of<T>(per_channel ? t.p : t.c);
+  finish_pool<<<blocks_for(outputs), kThreads, 0, stream>>>(part, tiles, outputs, len, mean, max, arg, count);
   return cudaGetLastError();
 }
 
