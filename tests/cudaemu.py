@@ -33,13 +33,10 @@ _TRIED = False
 
 
 def emulator_home() -> Path | None:
+    """$CUDACPU_HOME when set (and only it), else ../shared/tools/cudacpu next to the checkout."""
     env = os.environ.get("CUDACPU_HOME")
-    candidates = [Path(env)] if env else []
-    candidates.append(ROOT.parent / "shared" / "tools" / "cudacpu")
-    for c in candidates:
-        if (c / "cucc").is_file():
-            return c
-    return None
+    home = Path(env) if env else ROOT.parent / "shared" / "tools" / "cudacpu"
+    return home if (home / "cucc").is_file() else None
 
 
 def torch_includes() -> list[str]:
@@ -58,7 +55,8 @@ def build(extra_flags: tuple[str, ...] = EMU_FLAGS, source: Path | None = None, 
     """Compile ``source`` (default: the shim) with cucc; cached by a hash of inputs. Raises on failure."""
     home = emulator_home()
     if home is None:
-        raise FileNotFoundError("the cudacpu emulator was not found ($CUDACPU_HOME or ../shared/tools/cudacpu)")
+        where = os.environ.get("CUDACPU_HOME") or ROOT.parent / "shared" / "tools" / "cudacpu"
+        raise FileNotFoundError(f"the cudacpu emulator was not found: no cucc in {where} (set $CUDACPU_HOME)")
     source = source or SOURCES[-1]
     sources = sorted(set(SOURCES + [source]))
     cmd_tail = [*extra_flags, "-I" + str(ROOT / "csrc"), *torch_includes(), str(source)]
