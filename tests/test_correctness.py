@@ -106,8 +106,6 @@ def matrix(backend_is_slow):
 def test_matches_reference(backend, unit, shape_name, dtype, layout):
     if backend in ("triton", "cudaemu") and shape_name not in SMALL_SHAPES:
         pytest.skip("large shapes are covered on fast backends; this backend runs the small set")
-    if backend == "cudaemu" and dtype == torch.float64:
-        pytest.skip("the CUDA kernels support fp32, fp16 and bf16")
     check_against_reference(backend, unit, SHAPES[shape_name], dtype, layout)
 
 
@@ -131,8 +129,6 @@ def test_strided_input_is_made_dense(backend):
 
 
 def test_gradcheck_fp64(backend):
-    if backend in ("cudaemu",):
-        pytest.skip("the CUDA kernels have no fp64 path; gradcheck runs on the other backends")
     device = device_of(backend)
     inp = make_inputs((2, 6, 4, 5), torch.float64, "nchw", device, reduction=2, kernel_size=3)
     names = used_params("cbam")

@@ -1,0 +1,622 @@
+// CUDA kernels and launchers of the six full-size passes (cbam_fused/passes.py is the contract).
+//
+// This header is free of ATen runtime calls: launchers take raw pointers, sizes and a cudaStream_t
+// and return a cudaError_t, so the same code compiles with nvcc (glue: passes_cuda.cu) and with the
+// CPU emulator's cucc (tests/cudaemu/emu_shim.cu). Kernels are templated on the scalar type and the
+// layout only; optional operands (a, s, the gradient groups) and the tie style are runtime arguments.
+//
+// Geometry. x is [N, C, P] with P = H*W, NCHW (p contiguous) or channels_last (c contiguous). Each
+// sample is a matrix of Ls "rows" along the strided axis by Lc "columns" along the contiguous axis:
+// NCHW: rows are channels, columns pixels; channels_last: rows are pixels, columns channels. A block
+// (32 lanes x 8 warps) owns a tile of `rows` rows by 32*VEC columns; lane l loads the VEC columns
+// [l*VEC, l*VEC+VEC) of each of its warp's rows with one 16-byte load when the address is aligned
+// and the chunk is full, else element by element (the scalar tail). All element offsets are int64.
+//
+// Reductions are deterministic two-stage reductions, no atomics: a reduction along the columns is
+// a warp shuffle tree per row, along the rows a per-thread running value then an ordered pass over
+// the 8 warps in shared memory; each tile writes one partial, and a finishing kernel folds the
+// partials of every output in tile order. So any shape works (several blocks per (n, c) or (n, p))
+// and the result is bitwise the same on every run.
+//
+// Byte budget (DESIGN.md section 3), |x| = bytes of x; small [N,C]/[N,P] tensors and partials are noise:
+//   forward  4|x|: pool_hw reads x (1), pool_c reads x (1), apply_gates reads x, writes y (2).
+//   backward 5|x|: gate_grads reads gy and x (2), pool_c_grad_a reads x (1), input_grad reads gy and
+//                  writes gx (2); it reads x as well only for split-style ties (then 6|x|).
+// Partials add at most sizeof(Stat) bytes per 32*VEC elements of a row (along the columns) or per
+// `rows` (<= 256) elements of a column (across the rows): about 3% of |x| for 16-bit pools, less
+// otherwise. Lanes past the end of a short row idle (C < 32*VEC in channels_last, P < 32*VEC in
+// NCHW): correct, but such shapes use the GPU poorly.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace cbam_fused::cuda {
+
+using index_t = std::int64_t;
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> using acc_of = typename AccOf<T>::type;
+
+constexpr int kLanes = 32;
+constexpr int kWarps = 8;
+constexpr int kThreads = kLanes * kWarps;
+constexpr int kMapRows = 32;        // rows per tile of the elementwise passes
+constexpr int kMaxReduceRows = 256; // rows per tile of the reductions (bounds the partials' size)
+constexpr int kMaxGridY = 65535;
+
+template <typename T> constexpr int vec_of() { return 16 / int(sizeof(T)); }  // elements per 16 bytes
+
+// Problem shape and tiling, computed on the host.
+struct Tiling {
+  index_t n = 0, c = 0, p = 0;
+  bool channels_last = false;
+  index_t rows_len = 0, cols_len = 0;  // Ls, Lc
+  index_t rows = 0;                    // rows per tile, a multiple of kWarps
+  index_t row_tiles = 0, col_tiles = 0;
+};
+
+template <typename T>
+inline Tiling make_tiling(index_t n, index_t c, index_t p, bool channels_last, index_t rows) {
+  Tiling t;
+  t.n = n; t.c = c; t.p = p; t.channels_last = channels_last;
+  t.rows_len = channels_last ? p : c;
+  t.cols_len = channels_last ? c : p;
+  t.rows = rows;
+  t.row_tiles = (t.rows_len + rows - 1) / rows;
+  t.col_tiles = (t.cols_len + kLanes * vec_of<T>() - 1) / (kLanes * vec_of<T>());
+  return t;
+}
+
+// Rows per reduction tile: `max_rows` (rounded up to whole warps) if positive, else up to
+// kMaxReduceRows; tests pass a small value to force many tiles per reduction on small shapes.
+inline index_t reduce_rows(index_t rows_len, index_t max_rows) {
+  index_t cap = max_rows > 0 ? max_rows : kMaxReduceRows;
+  index_t r = rows_len < cap ? rows_len : cap;
+  return ((r + kWarps - 1) / kWarps) * kWarps;
+}
+
+// ------------------------------------------------------------------------------ partial statistics
+template <typename A> struct SumStat {
+  A sum;
+  __host__ __device__ static SumStat identity() { return {A(0)}; }
+  __device__ void add(A v, int) { sum += v; }
+  __device__ void merge(const SumStat& o) { sum += o.sum; }
+  __device__ SumStat shfl_down(int delta) const { return {__shfl_down_sync(0xffffffffu, sum, delta)}; }
+};
+
+// Sum, max, first argmax and count of maxima. NaN wins the max and the first NaN is the argmax (its
+// count is 1), as torch.max. The merge is order-free for max/argmax/count (ties keep the smaller
+// index), and the sums are folded in a fixed order by the callers.
+template <typename A> struct PoolStat {
+  A sum, max;
+  int arg, count;
+  __host__ __device__ static PoolStat identity() { return {A(0), -A(INFINITY), 0x7fffffff, 0}; }
+  __device__ void add(A v, int i) {
+    sum += v;
+    merge_max(v, i, 1);
+  }
+  __device__ void merge(const PoolStat& o) {
+    sum += o.sum;
+    if (o.count > 0) merge_max(o.max, o.arg, o.count);
+  }
+  __device__ void merge_max(A v, int i, int cnt) {
+    bool nan_here = max != max, nan_there = v != v;
+    if (nan_here || nan_there) {
+      if (nan_here && nan_there) { arg = i < arg ? i : arg; count = 1; }
+      else if (nan_there) { max = v; arg = i; count = 1; }
+    } else if (v > max) {
+      max = v; arg = i; count = cnt;
+    } else if (v == max) {
+      arg = i < arg ? i : arg; count += cnt;
+    }
+  }
+  __device__ PoolStat shfl_down(int delta) const {
+    return {__shfl_down_sync(0xffffffffu, sum, delta), __shfl_down_sync(0xffffffffu, max, delta),
+            __shfl_down_sync(0xffffffffu, arg, delta), __shfl_down_sync(0xffffffffu, count, delta)};
+  }
+};
+
+template <class Stat> __device__ Stat warp_reduce(Stat s) {
+#pragma unroll
+  for (int delta = kLanes / 2; delta > 0; delta >>= 1) s.merge(s.shfl_down(delta));
+  return s;  // complete in lane 0
+}
+
+// -------------------------------------------------------------------------------- vector load/store
+template <typename T, int V> struct alignas(16) Pack { T v[V]; };
+
+template <typename T> __device__ inline bool aligned16(const T* p) {
+  return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
+}
+
+// Loads `cnt` (<= V) elements at p as acc values; lanes past cnt read as 0.
+template <typename T, int V, typename A>
+__device__ inline void load_chunk(const T* p, int cnt, A (&out)[V]) {
+  if (cnt == V && aligned16(p)) {
+    Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = static_cast<A>(pk.v[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = k < cnt ? static_cast<A>(p[k]) : A(0);
+  }
+}
+
+template <typename T, int V, typename A>
+__device__ inline void store_chunk(T* p, int cnt, const A (&in)[V]) {
+  if (cnt == V && aligned16(p)) {
+    Pack<T, V> pk;
+#pragma unroll
+    for (int k = 0; k < V; ++k) pk.v[k] = static_cast<T>(in[k]);
+    uint4 raw;  // one 16-byte store; through a plain assignment nvcc was seen to split it into scalars
+    memcpy(&raw, &pk, sizeof raw);
+    __stwb(reinterpret_cast<uint4*>(p), raw);
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k)
+      if (k < cnt) p[k] = static_cast<T>(in[k]);
+  }
+}
+
+// Where a chunk lives: sample n, row r, first column col, `cnt` valid columns, element offset off.
+// chan(k) / pix(k) give the channel and pixel of column col+k.
+template <bool CL> struct Chunk {
+  index_t n, r, col, off;
+  int cnt;
+  __device__ index_t chan(int k) const { return CL ? col + k : r; }
+  __device__ index_t pix(int k) const { return CL ? r : col + k; }
+};
+
+// ------------------------------------------------------------------------------------- reductions
+// A reduction op fills, per chunk, the values reduced over pixels (result per channel, `over_p`)
+// and/or over channels (result per pixel, `over_c`). In NCHW "over pixels" runs along the columns
+// and "over channels" along the rows; in channels_last the other way round.
+template <typename T, bool CL, class Op>
+__global__ void reduce_tiles(Op op, Tiling t, typename Op::Stat* row_part,
+                                                         typename Op::Stat* col_part) {
+  using A = acc_of<T>;
+  using Stat = typename Op::Stat;
+  constexpr int V = vec_of<T>();
+  constexpr bool kAlongCols = CL ? Op::kOverC : Op::kOverP;  // reduced within a row
+  constexpr bool kAlongRows = CL ? Op::kOverP : Op::kOverC;  // reduced across rows
+  const int lane = threadIdx.x, warp = threadIdx.y;
+  const index_t n = blockIdx.x / t.row_tiles, row_tile = blockIdx.x % t.row_tiles;
+  const index_t r0 = row_tile * t.rows;
+  const index_t r1 = r0 + t.rows < t.rows_len ? r0 + t.rows : t.rows_len;
+  for (index_t col_tile = blockIdx.y; col_tile < t.col_tiles; col_tile += gridDim.y) {
+    const index_t col = col_tile * (kLanes * V) + index_t(lane) * V;
+    const index_t left = t.cols_len - col;
+    const int cnt = left <= 0 ? 0 : (left < V ? int(left) : V);
+    Stat down[V];  // per column, across this thread's rows
+#pragma unroll
+    for (int k = 0; k < V; ++k) down[k] = Stat::identity();
+    for (index_t r = r0 + warp; r < r1; r += kWarps) {  // uniform across the warp
+      Chunk<CL> ch{n, r, col, (n * t.rows_len + r) * t.cols_len + col, cnt};
+      A over_p[V], over_c[V];
+      if (cnt > 0) op.values(ch, over_p, over_c);
+      if constexpr (kAlongCols) {
+        Stat across = Stat::identity();
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+          if (k < cnt) across.add(CL ? over_c[k] : over_p[k], int(col + k));
+        across = warp_reduce(across);
+        if (lane == 0) row_part[(n * t.rows_len + r) * t.col_tiles + col_tile] = across;
+      }
+      if constexpr (kAlongRows) {
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+          if (k < cnt) down[k].add(CL ? over_p[k] : over_c[k], int(r));
+      }
+    }
+    if constexpr (kAlongRows) {
+      __shared__ Stat smem[kWarps][kLanes * V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) smem[warp][lane * V + k] = down[k];
+      __syncthreads();
+      for (int j = warp * kLanes + lane; j < kLanes * V; j += kThreads) {
+        const index_t cj = col_tile * (kLanes * V) + j;
+        if (cj < t.cols_len && r0 < r1) {
+          Stat s = smem[0][j];
+          for (int w = 1; w < kWarps; ++w) s.merge(smem[w][j]);
+          col_part[(n * t.cols_len + cj) * t.row_tiles + row_tile] = s;
+        }
+      }
+      __syncthreads();  // smem is reused by the next column tile
+    }
+  }
+}
+
+// Folds the `tiles` partials of each of `outputs` results in tile order.
+template <typename A>
+__global__ void finish_sum(const SumStat<A>* part, index_t tiles, index_t outputs, A* out) {
+  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= outputs) return;
+  SumStat<A> s = part[i * tiles];
+  for (index_t t = 1; t < tiles; ++t) s.merge(part[i * tiles + t]);
+  out[i] = s.sum;
+}
+
+template <typename A>
+__global__ void finish_pool(const PoolStat<A>* part, index_t tiles, index_t outputs, A len, A* mean,
+                            A* max, int* arg, int* count) {
+  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= outputs) return;
+  PoolStat<A> s = part[i * tiles];
+  for (index_t t = 1; t < tiles; ++t) s.merge(part[i * tiles + t]);
+  mean[i] = s.sum / len;  // a division, as torch's mean
+  max[i] = s.max;
+  arg[i] = s.arg;
+  count[i] = s.count;
+}
+
+// -------------------------------------------------------------------------------- the reduction ops
+// pool_hw: pool x over pixels (result per channel).
+template <typename T, bool CL> struct PoolHwOp {
+  using A = acc_of<T>;
+  using Stat = PoolStat<A>;
+  static constexpr bool kOverP = true, kOverC = false;
+  const T* x;
+  template <int V> __device__ void values(const Chunk<CL>& ch, A (&over_p)[V], A (&)[V]) const {
+    load_chunk(x + ch.off, ch.cnt, over_p);
+  }
+};
+
+// pool_c: pool acc(x) * a over channels (result per pixel); a may be null (all ones).
+template <typename T, bool CL> struct PoolCOp {
+  using A = acc_of<T>;
+  using Stat = PoolStat<A>;
+  static constexpr bool kOverP = false, kOverC = true;
+  const T* x;
+  const A* a;
+  index_t c;
+  template <int V> __device__ void values(const Chunk<CL>& ch, A (&)[V], A (&over_c)[V]) const {
+    load_chunk(x + ch.off, ch.cnt, over_c);
+    if (a != nullptr) {
+#pragma unroll
+      for (int k = 0; k < V; ++k)
+        if (k < ch.cnt) over_c[k] = over_c[k] * a[ch.n * c + ch.chan(k)];
+    }
+  }
+};
+
+// gate_grads: ga = sum_p gy*x*s (per channel), gs = sum_c gy*x*a (per pixel), each when wanted.
+template <typename T, bool CL> struct GateGradsOp {
+  using A = acc_of<T>;
+  using Stat = SumStat<A>;
+  static constexpr bool kOverP = true, kOverC = true;
+  const T *gy, *x;
+  const A *a, *s;
+  index_t c, p;
+  template <int V> __device__ void values(const Chunk<CL>& ch, A (&over_p)[V], A (&over_c)[V]) const {
+    A g[V], v[V];
+    load_chunk(gy + ch.off, ch.cnt, g);
+    load_chunk(x + ch.off, ch.cnt, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const A gyx = g[k] * v[k];
+      over_p[k] = s != nullptr && k < ch.cnt ? gyx * s[ch.n * p + ch.pix(k)] : gyx;
+      over_c[k] = a != nullptr && k < ch.cnt ? gyx * a[ch.n * c + ch.chan(k)] : gyx;
+    }
+  }
+};
+
+// pool_c_grad_a: ga = sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie of the channel pool of x*a.
+template <typename T, bool CL> struct PoolCGradAOp {
+  using A = acc_of<T>;
+  using Stat = SumStat<A>;
+  static constexpr bool kOverP = true, kOverC = false;
+  const T* x;
+  const A *a, *u, *v, *max;
+  const int* arg;
+  bool split;
+  index_t c, p;
+  template <int V> __device__ void values(const Chunk<CL>& ch, A (&over_p)[V], A (&)[V]) const {
+    A xv[V];
+    load_chunk(x + ch.off, ch.cnt, xv);
+    if constexpr (CL) {  // one pixel per chunk: its operands are loaded once
+      const index_t pi = ch.n * p + ch.r;
+      const A up = u[pi], vp = v[pi], mp = max[pi];
+      const index_t ap = arg[pi];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const bool tie = k < ch.cnt && (split ? xv[k] * a[ch.n * c + ch.col + k] == mp : ch.col + k == ap);
+        over_p[k] = xv[k] * (up + A(tie ? 1 : 0) * vp);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        if (k >= ch.cnt) { over_p[k] = A(0); continue; }
+        const index_t ci = ch.r, pi = ch.n * p + ch.col + k;
+        const bool tie = split ? xv[k] * a[ch.n * c + ci] == max[pi] : ci == index_t(arg[pi]);
+        over_p[k] = xv[k] * (u[pi] + A(tie ? 1 : 0) * v[pi]);
+      }
+    }
+  }
+};
+
+// ----------------------------------------------------------------------------- elementwise passes
+template <typename T, bool CL, class Op>
+__global__ void map_tiles(Op op, Tiling t, T* out) {
+  using A = acc_of<T>;
+  constexpr int V = vec_of<T>();
+  const int lane = threadIdx.x, warp = threadIdx.y;
+  const index_t n = blockIdx.x / t.row_tiles, r0 = (blockIdx.x % t.row_tiles) * t.rows;
+  const index_t r1 = r0 + t.rows < t.rows_len ? r0 + t.rows : t.rows_len;
+  for (index_t col_tile = blockIdx.y; col_tile < t.col_tiles; col_tile += gridDim.y) {
+    const index_t col = col_tile * (kLanes * V) + index_t(lane) * V;
+    const index_t left = t.cols_len - col;
+    if (left <= 0) continue;
+    const int cnt = left < V ? int(left) : V;
+    for (index_t r = r0 + warp; r < r1; r += kWarps) {
+      Chunk<CL> ch{n, r, col, (n * t.rows_len + r) * t.cols_len + col, cnt};
+      A y[V];
+      op.values(ch, y);
+      store_chunk(out + ch.off, cnt, y);
+    }
+  }
+}
+
+// apply_gates: y = (acc(x) * a[c]) * s[p]; a, s may be null.
+template <typename T, bool CL> struct ApplyGatesOp {
+  using A = acc_of<T>;
+  const T* x;
+  const A *a, *s;
+  index_t c, p;
+  template <int V> __device__ void values(const Chunk<CL>& ch, A (&y)[V]) const {
+    load_chunk(x + ch.off, ch.cnt, y);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      if (k >= ch.cnt) continue;
+      if (a != nullptr) y[k] = y[k] * a[ch.n * c + ch.chan(k)];
+      if (s != nullptr) y[k] = y[k] * s[ch.n * p + ch.pix(k)];
+    }
+  }
+};
+
+// input_grad: gx = A*(gy*S + u_c[p] + Tc*v_c[p]) + u_hw[c] + Thw*v_hw[c] (see passes.py). Either
+// group (u_c.. or u_hw..) may be null; x is read only for split-style ties.
+template <typename T, bool CL> struct InputGradOp {
+  using A = acc_of<T>;
+  const T *gy, *x;
+  const A *a, *s;
+  const A *u_c, *v_c, *max_c;
+  const int* arg_c;
+  const A *u_hw, *v_hw, *max_hw;
+  const int* arg_hw;
+  bool split;
+  index_t c, p;
+  template <int V> __device__ void values(const Chunk<CL>& ch, A (&g)[V]) const {
+    A xv[V];
+    load_chunk(gy + ch.off, ch.cnt, g);
+    if (split) load_chunk(x + ch.off, ch.cnt, xv);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      if (k >= ch.cnt) continue;
+      const index_t ci = ch.n * c + ch.chan(k), pi = ch.n * p + ch.pix(k);
+      const A av = a != nullptr ? a[ci] : A(1);
+      if (s != nullptr) g[k] = g[k] * s[pi];
+      if (u_c != nullptr) {
+        const bool tie = split ? xv[k] * av == max_c[pi] : ch.chan(k) == index_t(arg_c[pi]);
+        g[k] = g[k] + u_c[pi] + A(tie ? 1 : 0) * v_c[pi];
+      }
+      if (a != nullptr) g[k] = g[k] * av;
+      if (u_hw != nullptr) {
+        const bool tie = split ? xv[k] == max_hw[ci] : ch.pix(k) == index_t(arg_hw[ci]);
+        g[k] = g[k] + u_hw[ci] + A(tie ? 1 : 0) * v_hw[ci];
+      }
+    }
+  }
+};
+
+// --------------------------------------------------------------------------------------- launchers
+inline dim3 tile_grid(const Tiling& t) {
+  const index_t y = t.col_tiles < kMaxGridY ? t.col_tiles : kMaxGridY;
+  return dim3(unsigned(t.n * t.row_tiles), unsigned(y < 1 ? 1 : y));
+}
+
+inline bool grid_ok(const Tiling& t) { return t.n * t.row_tiles <= 0x7fffffffLL && t.n > 0 && t.rows_len > 0 && t.cols_len > 0; }
+
+inline std::size_t round16(std::size_t b) { return (b + 15) / 16 * 16; }
+
+// Workspace of a reduction: partials along the columns, then partials across the rows.
+template <class Stat, bool kAlongCols, bool kAlongRows>
+inline std::size_t partial_bytes(const Tiling& t, std::size_t* rows_offset) {
+  std::size_t along_cols = kAlongCols ? round16(sizeof(Stat) * t.n * t.rows_len * t.col_tiles) : 0;
+  std::size_t along_rows = kAlongRows ? round16(sizeof(Stat) * t.n * t.cols_len * t.row_tiles) : 0;
+  if (rows_offset) *rows_offset = along_cols;
+  return along_cols + along_rows;
+}
+
+template <typename T, bool CL, class Op>
+inline std::size_t op_workspace(const Tiling& t, std::size_t* rows_offset = nullptr) {
+  return partial_bytes<typename Op::Stat, CL ? Op::kOverC : Op::kOverP, CL ? Op::kOverP : Op::kOverC>(
+      t, rows_offset);
+}
+
+inline unsigned blocks_for(index_t count) { return unsigned((count + kThreads - 1) / kThreads); }
+
+// Runs the tile kernel of `op` and leaves partials in the workspace; returns the two partial arrays.
+template <typename T, bool CL, class Op>
+inline cudaError_t run_reduce(const Op& op, const Tiling& t, void* workspace, cudaStream_t stream,
+                              typename Op::Stat** along_cols, typename Op::Stat** along_rows) {
+  std::size_t rows_offset = 0;
+  op_workspace<T, CL, Op>(t, &rows_offset);
+  auto* base = static_cast<unsigned char*>(workspace);
+  *along_cols = reinterpret_cast<typename Op::Stat*>(base);
+  *along_rows = reinterpret_cast<typename Op::Stat*>(base + rows_offset);
+  if (!grid_ok(t)) return cudaErrorInvalidValue;
+  reduce_tiles<T, CL, Op><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(op, t, *along_cols, *along_rows);
+  return cudaGetLastError();
+}
+
+// Per-channel results are folded from the column partials in NCHW, the row partials in
+// channels_last; per-pixel results the other way round.
+template <class Stat, bool kPerChannel, bool CL>
+inline void result_partials(const Tiling& t, Stat* along_cols, Stat* along_rows, const Stat** part,
+                            index_t* tiles) {
+  const bool cols = kPerChannel != CL;  // NCHW per-channel: reduced along columns
+  *part = cols ? along_cols : along_rows;
+  *tiles = cols ? t.col_tiles : t.row_tiles;
+}
+
+// ---- public launchers. `rows` = 0 picks the tile height; tests pass small values to force many
+// tiles per reduction. Workspace sizes come from the matching *_workspace_bytes function.
+template <typename T>
+std::size_t pool_workspace_bytes(index_t n, index_t c, index_t p, bool channels_last, bool over_pixels,
+                                 index_t rows = 0) {
+  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
+  if (over_pixels)
+    return channels_last ? op_workspace<T, true, PoolHwOp<T, true>>(t) : op_workspace<T, false, PoolHwOp<T, false>>(t);
+  return channels_last ? op_workspace<T, true, PoolCOp<T, true>>(t) : op_workspace<T, false, PoolCOp<T, false>>(t);
+}
+
+template <typename T, bool CL, class Op>
+inline cudaError_t pool_impl(const Op& op, const Tiling& t, bool per_channel, acc_of<T>* mean,
+                             acc_of<T>* max, int* arg, int* count, void* workspace, cudaStream_t stream) {
+  using Stat = PoolStat<acc_of<T>>;
+  Stat *along_cols, *along_rows;
+  cudaError_t e = run_reduce<T, CL>(op, t, workspace, stream, &along_cols, &along_rows);
+  if (e != cudaSuccess) return e;
+  const Stat* part;
+  index_t tiles;
+  if (per_channel) result_partials<Stat, true, CL>(t, along_cols, along_rows, &part, &tiles);
+  else result_partials<Stat, false, CL>(t, along_cols, along_rows, &part, &tiles);
+  const index_t outputs = t.n * (per_channel ? t.c : t.p);
+  const acc_of<T> len = acc_of<T>(per_channel ? t.p : t.c);
+  finish_pool<<<blocks_for(outputs), kThreads, 0, stream>>>(part, tiles, outputs, len, mean, max, arg, count);
+  return cudaGetLastError();
+}
+
+// pool_hw: mean, max, first argmax and count of x over pixels, each [N, C].
+template <typename T>
+cudaError_t launch_pool_hw(const T* x, index_t n, index_t c, index_t p, bool channels_last, acc_of<T>* mean,
+                           acc_of<T>* max, int* arg, int* count, void* workspace, cudaStream_t stream,
+                           index_t rows = 0) {
+  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
+  if (channels_last) return pool_impl<T, true>(PoolHwOp<T, true>{x}, t, true, mean, max, arg, count, workspace, stream);
+  return pool_impl<T, false>(PoolHwOp<T, false>{x}, t, true, mean, max, arg, count, workspace, stream);
+}
+
+// pool_c: mean, max, first argmax and count of acc(x) * a over channels, each [N, P]; a may be null.
+template <typename T>
+cudaError_t launch_pool_c(const T* x, const acc_of<T>* a, index_t n, index_t c, index_t p, bool channels_last,
+                          acc_of<T>* mean, acc_of<T>* max, int* arg, int* count, void* workspace,
+                          cudaStream_t stream, index_t rows = 0) {
+  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
+  if (channels_last)
+    return pool_impl<T, true>(PoolCOp<T, true>{x, a, c}, t, false, mean, max, arg, count, workspace, stream);
+  return pool_impl<T, false>(PoolCOp<T, false>{x, a, c}, t, false, mean, max, arg, count, workspace, stream);
+}
+
+template <typename T>
+std::size_t gate_grads_workspace_bytes(index_t n, index_t c, index_t p, bool channels_last, index_t rows = 0) {
+  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
+  return channels_last ? op_workspace<T, true, GateGradsOp<T, true>>(t) : op_workspace<T, false, GateGradsOp<T, false>>(t);
+}
+
+template <typename T, bool CL>
+inline cudaError_t gate_grads_impl(const GateGradsOp<T, CL>& op, const Tiling& t, acc_of<T>* ga, acc_of<T>* gs,
+                                   void* workspace, cudaStream_t stream) {
+  using Stat = SumStat<acc_of<T>>;
+  Stat *along_cols, *along_rows;
+  cudaError_t e = run_reduce<T, CL>(op, t, workspace, stream, &along_cols, &along_rows);
+  if (e != cudaSuccess) return e;
+  const Stat* part;
+  index_t tiles;
+  if (ga != nullptr) {
+    result_partials<Stat, true, CL>(t, along_cols, along_rows, &part, &tiles);
+    finish_sum<<<blocks_for(t.n * t.c), kThreads, 0, stream>>>(part, tiles, t.n * t.c, ga);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+  }
+  if (gs != nullptr) {
+    result_partials<Stat, false, CL>(t, along_cols, along_rows, &part, &tiles);
+    finish_sum<<<blocks_for(t.n * t.p), kThreads, 0, stream>>>(part, tiles, t.n * t.p, gs);
+    e = cudaGetLastError();
+  }
+  return e;
+}
+
+// gate_grads: ga = sum_p gy*x*s ([N, C], if ga is not null), gs = sum_c gy*x*a ([N, P], if gs is not
+// null) from one read of gy and x. Both partial directions are always formed (they are small).
+template <typename T>
+cudaError_t launch_gate_grads(const T* gy, const T* x, const acc_of<T>* a, const acc_of<T>* s, index_t n,
+                              index_t c, index_t p, bool channels_last, acc_of<T>* ga, acc_of<T>* gs,
+                              void* workspace, cudaStream_t stream, index_t rows = 0) {
+  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
+  if (channels_last) return gate_grads_impl<T, true>({gy, x, a, s, c, p}, t, ga, gs, workspace, stream);
+  return gate_grads_impl<T, false>({gy, x, a, s, c, p}, t, ga, gs, workspace, stream);
+}
+
+template <typename T>
+std::size_t pool_c_grad_a_workspace_bytes(index_t n, index_t c, index_t p, bool channels_last, index_t rows = 0) {
+  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
+  return channels_last ? op_workspace<T, true, PoolCGradAOp<T, true>>(t)
+                       : op_workspace<T, false, PoolCGradAOp<T, false>>(t);
+}
+
+template <typename T, bool CL>
+inline cudaError_t pool_c_grad_a_impl(const PoolCGradAOp<T, CL>& op, const Tiling& t, acc_of<T>* ga,
+                                      void* workspace, cudaStream_t stream) {
+  using Stat = SumStat<acc_of<T>>;
+  Stat *along_cols, *along_rows;
+  cudaError_t e = run_reduce<T, CL>(op, t, workspace, stream, &along_cols, &along_rows);
+  if (e != cudaSuccess) return e;
+  const Stat* part;
+  index_t tiles;
+  result_partials<Stat, true, CL>(t, along_cols, along_rows, &part, &tiles);
+  finish_sum<<<blocks_for(t.n * t.c), kThreads, 0, stream>>>(part, tiles, t.n * t.c, ga);
+  return cudaGetLastError();
+}
+
+// pool_c_grad_a: ga[n,c] = sum_p acc(x) * (u[p] + T(c,p) * v[p]) ([N, C]); a is required.
+template <typename T>
+cudaError_t launch_pool_c_grad_a(const T* x, const acc_of<T>* a, const acc_of<T>* u, const acc_of<T>* v,
+                                 const int* arg, const acc_of<T>* max, bool split, index_t n, index_t c,
+                                 index_t p, bool channels_last, acc_of<T>* ga, void* workspace,
+                                 cudaStream_t stream, index_t rows = 0) {
+  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
+  if (channels_last)
+    return pool_c_grad_a_impl<T, true>({x, a, u, v, max, arg, split, c, p}, t, ga, workspace, stream);
+  return pool_c_grad_a_impl<T, false>({x, a, u, v, max, arg, split, c, p}, t, ga, workspace, stream);
+}
+
+template <typename T, bool CL, class Op>
+inline cudaError_t run_map(const Op& op, index_t n, index_t c, index_t p, T* out, cudaStream_t stream) {
+  Tiling t = make_tiling<T>(n, c, p, CL, kMapRows);
+  if (!grid_ok(t)) return cudaErrorInvalidValue;
+  map_tiles<T, CL, Op><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(op, t, out);
+  return cudaGetLastError();
+}
+
+// apply_gates: y = (acc(x) * a) * s in x's dtype and layout; a, s may be null.
+template <typename T>
+cudaError_t launch_apply_gates(const T* x, const acc_of<T>* a, const acc_of<T>* s, index_t n, index_t c,
+                               index_t p, bool channels_last, T* y, cudaStream_t stream) {
+  if (channels_last) return run_map<T, true>(ApplyGatesOp<T, true>{x, a, s, c, p}, n, c, p, y, stream);
+  return run_map<T, false>(ApplyGatesOp<T, false>{x, a, s, c, p}, n, c, p, y, stream);
+}
+
+// input_grad: see InputGradOp. x may be null unless split.
+template <typename T>
+cudaError_t launch_input_grad(const T* gy, const T* x, const acc_of<T>* a, const acc_of<T>* s,
+                              const acc_of<T>* u_c, const acc_of<T>* v_c, const int* arg_c, const acc_of<T>* max_c,
+                              const acc_of<T>* u_hw, const acc_of<T>* v_hw, const int* arg_hw,
+                              const acc_of<T>* max_hw, bool split, index_t n, index_t c, index_t p,
+                              bool channels_last, T* gx, cudaStream_t stream) {
+  if (split && x == nullptr) return cudaErrorInvalidValue;
+  if (channels_last)
+    return run_map<T, true>(InputGradOp<T, true>{gy, x, a, s, u_c, v_c, max_c, arg_c, u_hw, v_hw, max_hw, arg_hw,
+                                                 split, c, p}, n, c, p, gx, stream);
+  return run_map<T, false>(InputGradOp<T, false>{gy, x, a, s, u_c, v_c, max_c, arg_c, u_hw, v_hw, max_hw, arg_hw,
+                                                 split, c, p}, n, c, p, gx, stream);
+}
+
+}  // namespace cbam_fused::cuda
