@@ -144,25 +144,20 @@ struct VecArgMax {
     pos = Vec<A>::blendv(pos, at, takes);
     cnt = Vec<A>::blendv(cnt + (ties & one), one, takes);
   }
-
-  ArgMax<A> lane(int64_t i) const {
-    alignas(64) A m[Vec<A>::size()], p[Vec<A>::size()], c[Vec<A>::size()];
-    max.store(m);
-    pos.store(p);
-    cnt.store(c);
-    return ArgMax<A>{m[i], p[i], c[i]};
-  }
-
-  ArgMax<A> fold() const {
-    alignas(64) A m[Vec<A>::size()], p[Vec<A>::size()], c[Vec<A>::size()];
-    max.store(m);
-    pos.store(p);
-    cnt.store(c);
-    ArgMax<A> out;
-    for (int64_t i = 0; i < Vec<A>::size(); ++i) out.merge(ArgMax<A>{m[i], p[i], c[i]});
-    return out;
-  }
 };
+
+// Folds the lanes of a per-lane accumulator into one state (lane order, so deterministic).
+template <typename A>
+ArgMax<A> fold_lanes(const VecArgMax<A>& tr) {
+  constexpr int64_t L = Vec<A>::size();
+  alignas(64) A m[L], p[L], c[L];
+  tr.max.store(m);
+  tr.pos.store(p);
+  tr.cnt.store(c);
+  ArgMax<A> out;
+  for (int64_t i = 0; i < L; ++i) out.merge(ArgMax<A>{m[i], p[i], c[i]});
+  return out;
+}
 
 template <typename A>
 Vec<A> lanes_below(int64_t first, int64_t limit) {  // mask of lanes whose position first+i < limit
@@ -178,30 +173,82 @@ void write_pool(const ArgMax<A>& st, A sum, int64_t len, int64_t i, A* mean, A* 
   count[i] = static_cast<int32_t>(st.cnt);
 }
 
-// Sum and argmax of (x[i] * scale[i]) over a contiguous row (scale == nullptr: x itself).
+// Sum and argmax of v[i] = x[i] * scale[i] over a contiguous row (scale == nullptr: x itself). Short
+// rows take two passes: sum and max, then (the row is now in L1) the first position and the count
+// of the max; long rows one pass with per-lane argmax states.
+// Horizontal folds use vec_reduce_all, whose order is fixed.
 template <typename T>
 void reduce_row(const T* x, const acc_t<T>* scale, int64_t len, acc_t<T>& sum, ArgMax<acc_t<T>>& st) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
-  Vec<A> vsum(0);
-  VecArgMax<A> tr;
-  Vec<A> at = Vec<A>::arange(0, 1);
-  int64_t i = 0;
-  for (; i + L <= len; i += L, at = at + Vec<A>(L)) {
-    Vec<A> v = Io<T>::load(x + i);
-    if (scale) v = v * Vec<A>::loadu(scale + i);
+  const int64_t full = len - len % L, rest = len % L;
+  const auto value = [&](int64_t i, int64_t n) {  // lanes past n are 0
+    Vec<A> v = n == L ? Io<T>::load(x + i) : Io<T>::load(x + i, n);
+    if (scale) v = v * load_small(scale + i, n, L);
+    return v;
+  };
+  const Vec<A> tail = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
+  if (len >= 64 * L) {  // long row: one pass with a per-lane argmax; its scalar fold is amortised
+    Vec<A> vsum(0), at = Vec<A>::arange(0, 1);
+    VecArgMax<A> tr;
+    for (int64_t i = 0; i < full; i += L, at = at + Vec<A>(static_cast<A>(L))) {
+      const Vec<A> v = value(i, L);
+      vsum = vsum + v;
+      tr.update(v, at);
+    }
+    if (rest) {
+      const Vec<A> v = value(full, rest);
+      vsum = vsum + v;
+      tr.template update<true>(v, at, tail);
+    }
+    sum = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return p + q; }, vsum);
+    st = fold_lanes(tr);
+    return;
+  }
+  const Vec<A> ninf(-std::numeric_limits<A>::infinity());
+  Vec<A> vsum(0), vmax(ninf);
+  for (int64_t i = 0; i < full; i += L) {
+    const Vec<A> v = value(i, L);
     vsum = vsum + v;
-    tr.update(v, at);
+    vmax = at::vec::maximum(vmax, v);  // NaN-propagating
   }
-  if (i < len) {
-    const int64_t n = len - i;
-    Vec<A> v = Io<T>::load(x + i, n);
-    if (scale) v = v * Vec<A>::loadu(scale + i, n);
-    vsum = vsum + v;  // padding lanes are 0
-    tr.template update<true>(v, at, lanes_below<A>(i, len));
+  if (rest) {
+    const Vec<A> v = value(full, rest);
+    vsum = vsum + v;
+    vmax = at::vec::maximum(vmax, Vec<A>::blendv(ninf, v, tail));
   }
-  sum = fold_sum(vsum);
-  st = tr.fold();
+  sum = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return p + q; }, vsum);
+  const A mx = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return at::vec::maximum(p, q); }, vmax);
+  const bool nan = std::isnan(mx);
+  const Vec<A> target(mx), one(1), none(static_cast<A>(len));
+  Vec<A> vcnt(0), vfirst(none), at = Vec<A>::arange(0, 1);
+  const auto visit = [&](const Vec<A>& v, Vec<A> hit) {
+    hit = hit & (nan ? v.isnan() : v == target);
+    vcnt = vcnt + (hit & one);
+    vfirst = at::vec::minimum(vfirst, Vec<A>::blendv(none, at, hit));
+    at = at + Vec<A>(static_cast<A>(L));
+  };
+  const Vec<A> all = Vec<A>(0) == Vec<A>(0);
+  for (int64_t i = 0; i < full; i += L) visit(value(i, L), all);
+  if (rest) visit(value(full, rest), tail);
+  st.max = mx;
+  st.pos = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return at::vec::minimum(p, q); }, vfirst);
+  st.cnt = nan ? A(1) : at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return p + q; }, vcnt);
+}
+
+// Writes the pooled results of the first `width` lanes of a lane-per-output accumulator.
+template <typename A>
+void write_lanes(const VecArgMax<A>& tr, const Vec<A>& vsum, int64_t len, int64_t first, int64_t width, A* mean,
+                 A* max, int32_t* argmax, int32_t* count) {
+  constexpr int64_t L = Vec<A>::size();
+  alignas(64) A s[L], m[L], p[L], c[L];
+  vsum.store(s);
+  tr.max.store(m);
+  tr.pos.store(p);
+  tr.cnt.store(c);
+  for (int64_t i = 0; i < width; ++i) {
+    write_pool(ArgMax<A>{m[i], p[i], c[i]}, s[i], len, first + i, mean, max, argmax, count);
+  }
 }
 
 inline int64_t grain_for(int64_t elems_per_item) {  // ~32K elements per task
@@ -258,11 +305,8 @@ void pool_hw(const PoolHwArgs& args) {
           }
         }
         for (int64_t j = 0; j * L < width; ++j) {
-          alignas(64) A s[L];
-          sums[j].store(s);
-          for (int64_t i = 0; i < std::min(L, width - j * L); ++i) {
-            write_pool(trs[j].lane(i), s[i], P, n * C + c0 + j * L + i, avg, mx, args.argmax, args.count);
-          }
+          write_lanes(trs[j], sums[j], P, n * C + c0 + j * L, std::min(L, width - j * L), avg, mx, args.argmax,
+                      args.count);
         }
       }
     });
@@ -314,11 +358,8 @@ void pool_c(const PoolCArgs& args) {
           }
         }
         for (int64_t j = 0; j * L < width; ++j) {
-          alignas(64) A s[L];
-          sums[j].store(s);
-          for (int64_t i = 0; i < std::min(L, width - j * L); ++i) {
-            write_pool(trs[j].lane(i), s[i], C, n * P + p0 + j * L + i, mean, mx, args.argmax, args.count);
-          }
+          write_lanes(trs[j], sums[j], C, n * P + p0 + j * L, std::min(L, width - j * L), mean, mx, args.argmax,
+                      args.count);
         }
       }
     });
@@ -518,14 +559,18 @@ void pool_c_grad_a(const PoolCGradAArgs& args) {
         std::fill(part, part + C, A(0));
         for (int64_t p = p0; p < p1; ++p) {
           const T* row = x + (n * P + p) * C;
-          const Vec<A> up(u[n * P + p]), vp(v[n * P + p]), kp(argmax[n * P + p]), mp(mx[n * P + p]);
+          const Vec<A> up(u[n * P + p]), vp(v[n * P + p]), mp(mx[n * P + p]);
           for (int64_t c = 0; c < C; c += L) {
             const int64_t m = std::min(L, C - c);
             const Vec<A> xv = m == L ? Io<T>::load(row + c) : Io<T>::load(row + c, m);
-            const Vec<A> tie = split ? (xv * load_small(a + n * C + c, m, L)) == mp
-                                     : Vec<A>::arange(static_cast<A>(c), 1) == kp;
-            const Vec<A> sum = load_small(part + c, m, L) + xv * (up + (tie & one) * vp);
+            Vec<A> w = up;
+            if (split) w = w + (((xv * load_small(a + n * C + c, m, L)) == mp) & one) * vp;
+            const Vec<A> sum = load_small(part + c, m, L) + xv * w;
             sum.store(part + c, m);
+          }
+          if (!split) {  // index-style: the one tied channel also gets v
+            const auto k = static_cast<int64_t>(argmax[n * P + p]);
+            part[k] += static_cast<A>(row[k]) * v[n * P + p];
           }
         }
       }
