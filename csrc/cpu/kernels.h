@@ -123,18 +123,23 @@ struct ArgMax {
   }
 };
 
-// The same per lane: lane i tracks the elements it was fed, in increasing position order.
+// The same per lane: lane i tracks the elements it was fed, in increasing position order. Start
+// with init() on the first elements (lanes outside `valid` stay empty: cnt == 0, never fed again).
 template <typename A>
 struct VecArgMax {
-  Vec<A> max = Vec<A>(-std::numeric_limits<A>::infinity());
-  Vec<A> pos = Vec<A>(0);
-  Vec<A> cnt = Vec<A>(0);
+  Vec<A> max, pos, cnt;
+
+  void init(const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid) {
+    max = Vec<A>::blendv(Vec<A>(-std::numeric_limits<A>::infinity()), v, valid);
+    pos = at;
+    cnt = valid & Vec<A>(1);
+  }
 
   template <bool kMasked = false>
   void update(const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid = Vec<A>(0)) {
     const Vec<A> one(1);
-    // a lane takes v if it is larger, if it is the first NaN, or if the lane is still empty
-    Vec<A> takes = (v > max) | (v.isnan() & (max == max)) | (cnt == Vec<A>(0));
+    // v takes over if it is larger or NaN (!(v <= max)), unless the lane already holds a NaN
+    Vec<A> takes = ((v <= max) ^ all_lanes()) & (max == max);
     Vec<A> ties = v == max;  // false for NaN
     if constexpr (kMasked) {
       takes = takes & valid;
@@ -145,24 +150,31 @@ struct VecArgMax {
     cnt = Vec<A>::blendv(cnt + (ties & one), one, takes);
   }
 
-  ArgMax<A> lane(int64_t i) const {
-    alignas(64) A m[Vec<A>::size()], p[Vec<A>::size()], c[Vec<A>::size()];
-    max.store(m);
-    pos.store(p);
-    cnt.store(c);
-    return ArgMax<A>{m[i], p[i], c[i]};
-  }
+  static Vec<A> all_lanes() { return Vec<A>(0) == Vec<A>(0); }
 
-  ArgMax<A> fold() const {
-    alignas(64) A m[Vec<A>::size()], p[Vec<A>::size()], c[Vec<A>::size()];
-    max.store(m);
-    pos.store(p);
-    cnt.store(c);
-    ArgMax<A> out;
-    for (int64_t i = 0; i < Vec<A>::size(); ++i) out.merge(ArgMax<A>{m[i], p[i], c[i]});
-    return out;
+  // update, or init for the first elements
+  template <bool kMasked = false>
+  void feed(bool first, const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid = Vec<A>(0)) {
+    if (first) {
+      init(v, at, kMasked ? valid : all_lanes());
+    } else {
+      update<kMasked>(v, at, valid);
+    }
   }
 };
+
+// Folds the lanes of a per-lane accumulator into one state (lane order, so deterministic).
+template <typename A>
+ArgMax<A> fold_lanes(const VecArgMax<A>& tr) {
+  constexpr int64_t L = Vec<A>::size();
+  alignas(64) A m[L], p[L], c[L];
+  tr.max.store(m);
+  tr.pos.store(p);
+  tr.cnt.store(c);
+  ArgMax<A> out;
+  for (int64_t i = 0; i < L; ++i) out.merge(ArgMax<A>{m[i], p[i], c[i]});
+  return out;
+}
 
 template <typename A>
 Vec<A> lanes_below(int64_t first, int64_t limit) {  // mask of lanes whose position first+i < limit
@@ -178,30 +190,85 @@ void write_pool(const ArgMax<A>& st, A sum, int64_t len, int64_t i, A* mean, A* 
   count[i] = static_cast<int32_t>(st.cnt);
 }
 
-// Sum and argmax of (x[i] * scale[i]) over a contiguous row (scale == nullptr: x itself).
+// Sum and argmax of v[i] = x[i] * scale[i] over a contiguous row (scale == nullptr: x itself). Short
+// rows take two passes: sum and max, then (the row is now in L1) the first position and the count
+// of the max; long rows one pass with per-lane argmax states.
+// Horizontal folds use vec_reduce_all, whose order is fixed.
 template <typename T>
 void reduce_row(const T* x, const acc_t<T>* scale, int64_t len, acc_t<T>& sum, ArgMax<acc_t<T>>& st) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
-  Vec<A> vsum(0);
-  VecArgMax<A> tr;
-  Vec<A> at = Vec<A>::arange(0, 1);
-  int64_t i = 0;
-  for (; i + L <= len; i += L, at = at + Vec<A>(L)) {
-    Vec<A> v = Io<T>::load(x + i);
-    if (scale) v = v * Vec<A>::loadu(scale + i);
+  const int64_t full = len - len % L, rest = len % L;
+  const auto value = [&](int64_t i, int64_t n) {  // lanes past n are 0
+    Vec<A> v = n == L ? Io<T>::load(x + i) : Io<T>::load(x + i, n);
+    if (scale) v = v * load_small(scale + i, n, L);
+    return v;
+  };
+  const Vec<A> tail = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
+  if (len >= 64 * L) {  // long row: one pass with a per-lane argmax; its scalar fold is amortised
+    Vec<A> vsum = value(0, L), at = Vec<A>::arange(0, 1);
+    VecArgMax<A> tr;
+    tr.init(vsum, at, VecArgMax<A>::all_lanes());
+    for (int64_t i = L; i < full; i += L) {
+      at = at + Vec<A>(static_cast<A>(L));
+      const Vec<A> v = value(i, L);
+      vsum = vsum + v;
+      tr.update(v, at);
+    }
+    at = at + Vec<A>(static_cast<A>(L));
+    if (rest) {
+      const Vec<A> v = value(full, rest);
+      vsum = vsum + v;
+      tr.template update<true>(v, at, tail);
+    }
+    sum = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return p + q; }, vsum);
+    st = fold_lanes(tr);
+    return;
+  }
+  const Vec<A> ninf(-std::numeric_limits<A>::infinity());
+  Vec<A> vsum(0), vmax(ninf);
+  for (int64_t i = 0; i < full; i += L) {
+    const Vec<A> v = value(i, L);
     vsum = vsum + v;
-    tr.update(v, at);
+    vmax = at::vec::maximum(vmax, v);  // NaN-propagating
   }
-  if (i < len) {
-    const int64_t n = len - i;
-    Vec<A> v = Io<T>::load(x + i, n);
-    if (scale) v = v * Vec<A>::loadu(scale + i, n);
-    vsum = vsum + v;  // padding lanes are 0
-    tr.template update<true>(v, at, lanes_below<A>(i, len));
+  if (rest) {
+    const Vec<A> v = value(full, rest);
+    vsum = vsum + v;
+    vmax = at::vec::maximum(vmax, Vec<A>::blendv(ninf, v, tail));
   }
-  sum = fold_sum(vsum);
-  st = tr.fold();
+  sum = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return p + q; }, vsum);
+  const A mx = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return at::vec::maximum(p, q); }, vmax);
+  const bool nan = std::isnan(mx);
+  const Vec<A> target(mx), one(1), none(static_cast<A>(len));
+  Vec<A> vcnt(0), vfirst(none), at = Vec<A>::arange(0, 1);
+  const auto visit = [&](const Vec<A>& v, Vec<A> hit) {
+    hit = hit & (nan ? v.isnan() : v == target);
+    vcnt = vcnt + (hit & one);
+    vfirst = at::vec::minimum(vfirst, Vec<A>::blendv(none, at, hit));
+    at = at + Vec<A>(static_cast<A>(L));
+  };
+  const Vec<A> all = Vec<A>(0) == Vec<A>(0);
+  for (int64_t i = 0; i < full; i += L) visit(value(i, L), all);
+  if (rest) visit(value(full, rest), tail);
+  st.max = mx;
+  st.pos = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return at::vec::minimum(p, q); }, vfirst);
+  st.cnt = nan ? A(1) : at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return p + q; }, vcnt);
+}
+
+// Writes the pooled results of the first `width` lanes of a lane-per-output accumulator.
+template <typename A>
+void write_lanes(const VecArgMax<A>& tr, const Vec<A>& vsum, int64_t len, int64_t first, int64_t width, A* mean,
+                 A* max, int32_t* argmax, int32_t* count) {
+  constexpr int64_t L = Vec<A>::size();
+  alignas(64) A s[L], m[L], p[L], c[L];
+  vsum.store(s);
+  tr.max.store(m);
+  tr.pos.store(p);
+  tr.cnt.store(c);
+  for (int64_t i = 0; i < width; ++i) {
+    write_pool(ArgMax<A>{m[i], p[i], c[i]}, s[i], len, first + i, mean, max, argmax, count);
+  }
 }
 
 inline int64_t grain_for(int64_t elems_per_item) {  // ~32K elements per task
@@ -238,10 +305,7 @@ void pool_hw(const PoolHwArgs& args) {
         const int64_t n = item / blocks, c0 = (item % blocks) * kBlock;
         const int64_t width = std::min(kBlock, C - c0);
         const int64_t full = width / L, rest = width % L;
-        for (int64_t j = 0; j < kVecs; ++j) {
-          sums[j] = Vec<A>(0);
-          trs[j] = VecArgMax<A>();
-        }
+        for (int64_t j = 0; j < kVecs; ++j) sums[j] = Vec<A>(0);
         const Vec<A> valid = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
         for (int64_t p = 0; p < P; ++p) {
           const T* row = x + (n * P + p) * C + c0;
@@ -249,20 +313,17 @@ void pool_hw(const PoolHwArgs& args) {
           for (int64_t j = 0; j < full; ++j) {
             const Vec<A> v = Io<T>::load(row + j * L);
             sums[j] = sums[j] + v;
-            trs[j].update(v, at);
+            trs[j].feed(p == 0, v, at);
           }
           if (rest) {
             const Vec<A> v = Io<T>::load(row + full * L, rest);
             sums[full] = sums[full] + v;
-            trs[full].template update<true>(v, at, valid);
+            trs[full].template feed<true>(p == 0, v, at, valid);
           }
         }
         for (int64_t j = 0; j * L < width; ++j) {
-          alignas(64) A s[L];
-          sums[j].store(s);
-          for (int64_t i = 0; i < std::min(L, width - j * L); ++i) {
-            write_pool(trs[j].lane(i), s[i], P, n * C + c0 + j * L + i, avg, mx, args.argmax, args.count);
-          }
+          write_lanes(trs[j], sums[j], P, n * C + c0 + j * L, std::min(L, width - j * L), avg, mx, args.argmax,
+                      args.count);
         }
       }
     });
@@ -291,10 +352,7 @@ void pool_c(const PoolCArgs& args) {
         const int64_t n = item / blocks, p0 = (item % blocks) * kBlock;
         const int64_t width = std::min(kBlock, P - p0);
         const int64_t full = width / L, rest = width % L;
-        for (int64_t j = 0; j < kVecs; ++j) {
-          sums[j] = Vec<A>(0);
-          trs[j] = VecArgMax<A>();
-        }
+        for (int64_t j = 0; j < kVecs; ++j) sums[j] = Vec<A>(0);
         const Vec<A> valid = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
         for (int64_t c = 0; c < C; ++c) {
           const T* row = x + (n * C + c) * P + p0;
@@ -304,21 +362,18 @@ void pool_c(const PoolCArgs& args) {
             Vec<A> v = Io<T>::load(row + j * L);
             if (a) v = v * ac;
             sums[j] = sums[j] + v;
-            trs[j].update(v, at);
+            trs[j].feed(c == 0, v, at);
           }
           if (rest) {
             Vec<A> v = Io<T>::load(row + full * L, rest);
             if (a) v = v * ac;
             sums[full] = sums[full] + v;
-            trs[full].template update<true>(v, at, valid);
+            trs[full].template feed<true>(c == 0, v, at, valid);
           }
         }
         for (int64_t j = 0; j * L < width; ++j) {
-          alignas(64) A s[L];
-          sums[j].store(s);
-          for (int64_t i = 0; i < std::min(L, width - j * L); ++i) {
-            write_pool(trs[j].lane(i), s[i], C, n * P + p0 + j * L + i, mean, mx, args.argmax, args.count);
-          }
+          write_lanes(trs[j], sums[j], C, n * P + p0 + j * L, std::min(L, width - j * L), mean, mx, args.argmax,
+                      args.count);
         }
       }
     });
@@ -518,14 +573,18 @@ void pool_c_grad_a(const PoolCGradAArgs& args) {
         std::fill(part, part + C, A(0));
         for (int64_t p = p0; p < p1; ++p) {
           const T* row = x + (n * P + p) * C;
-          const Vec<A> up(u[n * P + p]), vp(v[n * P + p]), kp(argmax[n * P + p]), mp(mx[n * P + p]);
+          const Vec<A> up(u[n * P + p]), vp(v[n * P + p]), mp(mx[n * P + p]);
           for (int64_t c = 0; c < C; c += L) {
             const int64_t m = std::min(L, C - c);
             const Vec<A> xv = m == L ? Io<T>::load(row + c) : Io<T>::load(row + c, m);
-            const Vec<A> tie = split ? (xv * load_small(a + n * C + c, m, L)) == mp
-                                     : Vec<A>::arange(static_cast<A>(c), 1) == kp;
-            const Vec<A> sum = load_small(part + c, m, L) + xv * (up + (tie & one) * vp);
+            Vec<A> w = up;
+            if (split) w = w + (((xv * load_small(a + n * C + c, m, L)) == mp) & one) * vp;
+            const Vec<A> sum = load_small(part + c, m, L) + xv * w;
             sum.store(part + c, m);
+          }
+          if (!split) {  // index-style: the one tied channel also gets v
+            const auto k = static_cast<int64_t>(argmax[n * P + p]);
+            part[k] += static_cast<A>(row[k]) * v[n * P + p];
           }
         }
       }
@@ -537,8 +596,83 @@ void pool_c_grad_a(const PoolCGradAArgs& args) {
 // --------------------------------------------------------------------------------- input_grad
 // Reads gy, writes gx (2|x|; split-style ties also read x):
 // gx = A*(gy*S + u_c[p] + Tc*v_c[p]) + u_hw[c] + Thw*v_hw[c].
+// One element of input_grad with index-style ties, written the way the vector code evaluates it.
+template <typename A>
+A input_grad_element(A gy, A s, A u_c, A v_c, bool tie_c, A a, A u_hw, A v_hw, bool tie_hw) {
+  A g = gy * s;
+  g = g + u_c + static_cast<A>(tie_c) * v_c;
+  g = g * a;
+  return g + u_hw + static_cast<A>(tie_hw) * v_hw;
+}
+
+// The whole block with index-style ties (every operand present): the tie that is sparse along a
+// row (one element per row) is left out of the vector loop and that element is rewritten after it.
+template <typename T, Layout kLayout>
+void input_grad_index_full(const InputGradArgs& args) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  const int64_t N = args.shape.n, C = args.shape.c, P = args.shape.p;
+  const T* gy = static_cast<const T*>(args.gy);
+  T* gx = static_cast<T*>(args.gx);
+  const auto small = [](const void* p) { return static_cast<const A*>(p); };
+  const A *a = small(args.a), *s = small(args.s);
+  const A *u_c = small(args.u_c), *v_c = small(args.v_c), *k_c = small(args.argmax_c);
+  const A *u_hw = small(args.u_hw), *v_hw = small(args.v_hw), *k_hw = small(args.argmax_hw);
+  const Vec<A> one(1);
+  constexpr bool kNchw = kLayout == Layout::NCHW;
+  const int64_t len = kNchw ? P : C;
+  at::parallel_for(0, kNchw ? N * C : N * P, grain_for(len), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = kNchw ? r / C : r / P;
+      const T* gyr = gy + r * len;
+      T* gxr = gx + r * len;
+      if constexpr (kNchw) {  // row (n, c): per-pixel terms vary along it; the pixel tie is sparse
+        const int64_t c = r % C;
+        const A* sp = s + n * P;
+        const A *ucp = u_c + n * P, *vcp = v_c + n * P, *kcp = k_c + n * P;
+        const Vec<A> ac(a[r]), uhw(u_hw[r]), at(static_cast<A>(c));
+        for (int64_t i = 0; i < len; i += L) {
+          const int64_t m = std::min(L, len - i);
+          Vec<A> g = m == L ? Io<T>::load(gyr + i) : Io<T>::load(gyr + i, m);
+          const Vec<A> tie = (at == load_small(kcp + i, m, L)) & one;
+          g = g * load_small(sp + i, m, L) + load_small(ucp + i, m, L) + tie * load_small(vcp + i, m, L);
+          g = g * ac + uhw;
+          if (m == L) {
+            Io<T>::store(gxr + i, g);
+          } else {
+            Io<T>::store(gxr + i, g, m);
+          }
+        }
+        const auto p = static_cast<int64_t>(k_hw[r]);
+        gxr[p] = static_cast<T>(input_grad_element<A>(static_cast<A>(gyr[p]), sp[p], ucp[p], vcp[p],
+                                                      static_cast<int64_t>(kcp[p]) == c, a[r], u_hw[r], v_hw[r], true));
+      } else {  // row (n, p): per-channel terms vary along it; the channel tie is sparse
+        const int64_t p = r % P;
+        const A *ap = a + n * C, *uhp = u_hw + n * C, *vhp = v_hw + n * C, *khp = k_hw + n * C;
+        const Vec<A> sv(s[r]), uc(u_c[r]), at(static_cast<A>(p));
+        for (int64_t i = 0; i < len; i += L) {
+          const int64_t m = std::min(L, len - i);
+          Vec<A> g = m == L ? Io<T>::load(gyr + i) : Io<T>::load(gyr + i, m);
+          const Vec<A> tie = (at == load_small(khp + i, m, L)) & one;
+          g = (g * sv + uc) * load_small(ap + i, m, L);
+          g = g + load_small(uhp + i, m, L) + tie * load_small(vhp + i, m, L);
+          if (m == L) {
+            Io<T>::store(gxr + i, g);
+          } else {
+            Io<T>::store(gxr + i, g, m);
+          }
+        }
+        const auto c = static_cast<int64_t>(k_c[r]);
+        gxr[c] = static_cast<T>(input_grad_element<A>(static_cast<A>(gyr[c]), s[r], u_c[r], v_c[r], true, ap[c],
+                                                      uhp[c], vhp[c], static_cast<int64_t>(khp[c]) == p));
+      }
+    }
+  });
+}
+
 template <typename T, Layout kLayout>
 void input_grad(const InputGradArgs& args) {
+  if (!args.split && args.a && args.s && args.u_c && args.u_hw) return input_grad_index_full<T, kLayout>(args);
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
   const int64_t N = args.shape.n, C = args.shape.c, P = args.shape.p;
