@@ -100,48 +100,42 @@ def _map_one(wt: ChannelWeights, v: Tensor) -> Tensor:
 
 
 def channel_logits(wt: ChannelWeights, pools: str, avg: Tensor, mx: Tensor) -> Tensor:
-    """``m = sum over the used pools v of map(v)``."""
+    """``m = sum over the used pools v of map(v)``; the pools go through the map as one batch."""
     inputs = _channel_inputs(pools, avg, mx)
-    m = _map_one(wt, inputs[0])
-    for v in inputs[1:]:
-        m = m + _map_one(wt, v)
-    return m
+    return _map_one(wt, torch.cat(inputs)).unflatten(0, (len(inputs), -1)).sum(0)
 
 
 def channel_logits_backward(wt: ChannelWeights, pools: str, avg: Tensor, mx: Tensor, gm: Tensor):
-    """Returns ``(g_avg, g_max, gw1, gb1, gw2, gb2)``; a gradient is None where it has no input."""
+    """Returns ``(g_avg, g_max, gw1, gb1, gw2, gb2)``; a gradient is None where it has no input.
+
+    The pools are stacked into one batch (and gm repeated for each), so each layer's gradient is a
+    single matrix product whatever the number of pools.
+    """
     inputs = _channel_inputs(pools, avg, mx)
-    gw1 = torch.zeros_like(wt.w1)
-    gw2 = torch.zeros_like(wt.w2) if wt.w2 is not None else None
-    gb1 = torch.zeros_like(wt.b1) if wt.b1 is not None else None
-    gb2 = gm.sum(0) * len(inputs) if wt.b2 is not None else None  # b2 enters m once per pool
-    gvs = []
-    for v in inputs:
-        if wt.kind == "mlp":
-            h = F.linear(v, wt.w1, wt.b1)
-            r = F.relu(h)
-            gw2 += gm.t() @ r
-            gh = torch.where(h > 0, gm @ wt.w2, torch.zeros_like(h))
-            gw1 += gh.t() @ v
-            if gb1 is not None:
-                gb1 += gh.sum(0)
-            gvs.append(gh @ wt.w1)
-        elif wt.kind == "linear":
-            gw1 += gm.t() @ v
-            if gb1 is not None:
-                gb1 += gm.sum(0)
-            gvs.append(gm @ wt.w1)
-        else:  # conv1d
-            gin, gw, gb = torch.ops.aten.convolution_backward(
-                gm[:, None, :], v[:, None, :], wt.w1, [1] if wt.b1 is not None else None,
-                [1], [_conv1d_padding(wt.w1)], [1], False, [0], 1, [True, True, wt.b1 is not None],
-            )
-            gw1 += gw
-            if gb1 is not None:
-                gb1 += gb
-            gvs.append(gin[:, 0, :])
+    v = torch.cat(inputs)
+    g = gm.repeat(len(inputs), 1)
+    gw2 = gb2 = None
+    if wt.kind == "mlp":
+        h = F.linear(v, wt.w1, wt.b1)
+        gw2 = g.t() @ F.relu(h)
+        gb2 = g.sum(0) if wt.b2 is not None else None  # b2 enters m once per pool
+        g = torch.where(h > 0, g @ wt.w2, torch.zeros_like(h))
+    if wt.kind in ("mlp", "linear"):
+        gw1 = g.t() @ v
+        gb1 = g.sum(0) if wt.b1 is not None else None
+        gv = g @ wt.w1
+    elif wt.kind == "conv1d":
+        gin, gw1, gb1 = torch.ops.aten.convolution_backward(
+            g[:, None, :], v[:, None, :], wt.w1, [1] if wt.b1 is not None else None,
+            [1], [_conv1d_padding(wt.w1)], [1], False, [0], 1, [True, True, wt.b1 is not None],
+        )
+        gv = gin[:, 0, :]
+        gb1 = gb1 if wt.b1 is not None else None
+    else:
+        raise ValueError(f"unknown channel kind {wt.kind!r}; expected one of {CHANNEL_KINDS}")
+    gvs = gv.unflatten(0, (len(inputs), -1))
     if pools == "avg+max":
-        g_avg, g_mx = gvs
+        g_avg, g_mx = gvs[0], gvs[1]
     elif pools == "avg":
         g_avg, g_mx = gvs[0], None
     elif pools == "max":
@@ -229,11 +223,12 @@ def spatial_logits_backward(wt: SpatialWeights, q_mean, q_max, shape, bn_stats, 
             gc = gamma * invstd * (gc - gc.mean() - xhat * (gc * xhat).mean())
         else:
             gc = gc * gamma * invstd
-    gq, gw, gb = torch.ops.aten.convolution_backward(
-        gc, q, wt.conv_w, [1] if wt.conv_b is not None else None,
-        [1, 1], [wt.conv_w.shape[-1] // 2] * 2, [1, 1], False, [0, 0], 1,
-        [True, True, wt.conv_b is not None],
-    )
+    # The conv has one output and two input channels; ATen's generic convolution_backward is slow
+    # for that shape on the CPU (measured 4-8x slower), so both gradients are written as convolutions.
+    k = wt.conv_w.shape[-1]
+    gq = F.conv2d(gc, wt.conv_w.flip(-1, -2).transpose(0, 1), padding=k // 2)  # [N, 2, H, W]
+    gw = F.conv2d(q.transpose(0, 1), gc.transpose(0, 1), padding=k // 2).transpose(0, 1)  # [1, 2, K, K]
+    gb = gc.sum().reshape(1) if wt.conv_b is not None else None
     g0, g1 = gq[:, 0].reshape(n, -1), gq[:, 1].reshape(n, -1)
     g_mean, g_max = (g0, g1) if wt.order == "mean_max" else (g1, g0)
-    return g_mean, g_max, gw, gb if wt.conv_b is not None else None, gbn_w, gbn_b
+    return g_mean, g_max, gw, gb, gbn_w, gbn_b
