@@ -142,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         console = Console(width=150)
     info = machine.describe(device)
     console.print(f"[bold]cbam_fused benchmark[/] on {machine.one_line(info)}")
+    if info.get("cbam_fused_cpu_info"):
+        console.print(f"CPU kernels: {info['cbam_fused_cpu_info']}")
+    load = (info.get("load_average") or [0.0])[0]
+    if device.type == "cpu" and load > 0.5 * (info.get("cpus_usable") or 1):
+        console.print(f"[yellow]the machine is busy (1-minute load {load:.1f} on {info.get('cpus_usable')} CPUs): "
+                      f"CPU timings will be noisy[/]")
     if not cfg.backends:
         console.print("[yellow]no fused backend is available for this device (is the extension built?); "
                       "timing eager and torch.compile only[/]")
@@ -182,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                 base, rows = run_case(cfg, dtype, shape, on_step)
                 result["baselines"].append(base)
                 result["results"] += rows
+                if not console.is_terminal:  # no live bar in logs: one line per case instead
+                    console.print(f"done {dtype_name(dtype)} {'x'.join(map(str, shape))}: "
+                                  f"{progress.tasks[0].completed + 1}/{total} steps, "
+                                  f"{progress.tasks[0].elapsed:.0f} s")
                 report.write_json(result, args.out)  # partial results survive an interrupted sweep
         progress.update(task, completed=total, description="done")
 

@@ -50,6 +50,14 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _cbam_cpu_info() -> str | None:
+    """The CPU kernels' own report (kernel ISA in use, threads), when the extension provides one."""
+    try:
+        return str(torch.ops.cbam_fused.cpu_info())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def describe(device: torch.device) -> dict:
     import cbam_fused
 
@@ -72,6 +80,8 @@ def describe(device: torch.device) -> dict:
         "triton": _version("triton"),
         "cbam_fused": cbam_fused.__version__,
         "cbam_fused_backends": cbam_fused.available_backends(),
+        "cbam_fused_cpu_info": _cbam_cpu_info(),
+        "cbam_fused_cpu_isa_env": os.environ.get("CBAM_FUSED_CPU_ISA"),
         "git_commit": _git_commit(),
         "device": str(device),
     }
