@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.utils.benchmark as tbench
@@ -72,16 +72,20 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, warmup
     return time_cpu(fn, repeats, warmup)
 
 
-def saved_bytes(forward: Callable[[], object]) -> int:
+def saved_bytes(forward: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
     """Bytes that autograd keeps for backward during ``forward()``: distinct storages, counted once.
 
-    x itself counts (a block that saves only x scores |x|); views of one storage count once.
+    x itself counts (a block that saves only x scores |x|); views of one storage count once. Storages
+    of ``exclude`` (the module's parameters, which live on anyway) do not count.
     """
+    skip = {(t.device, t.untyped_storage().data_ptr()) for t in exclude}
     storages: dict[tuple, int] = {}
 
     def pack(t: torch.Tensor):
         st = t.untyped_storage()
-        storages[(t.device, st.data_ptr())] = st.nbytes()
+        key = (t.device, st.data_ptr())
+        if key not in skip:
+            storages[key] = st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

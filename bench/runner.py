@@ -142,7 +142,7 @@ def _measure(impl: Impl, ref: nn.Module, cfg: Config, x, gy, mode: str, channels
     if mode == "forward+backward":
         try:
             xg = x.detach().requires_grad_(True)
-            row["saved_bytes"] = saved_bytes(lambda: mod(xg))
+            row["saved_bytes"] = saved_bytes(lambda: mod(xg), exclude=list(mod.parameters()))
         except Exception as e:  # e.g. hooks not traceable by a compiler
             row["saved_bytes_error"] = f"{type(e).__name__}: {e}"
     row["peak_memory_bytes"] = peak_memory(step, cfg.device)
