@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import torch
 import torch._inductor.config
 from torch import nn
+from torch._dynamo.utils import counters as dynamo_counters
 
 import cbam_fused
 from cbam_fused import reference
@@ -131,14 +132,20 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
 def _measure(impl: Impl, ref: nn.Module, cfg: Config, x, gy, mode: str, channels: int) -> dict:
     mod = _module(impl, ref, cfg, channels)
     step, output = _step_fns(mod, x, gy, mode)
+    dynamo_counters.clear()
     start = time.perf_counter()
     out = output()  # for torch.compile this first call compiles
     first_call_s = time.perf_counter() - start
+    compiled = {"graphs": dynamo_counters["stats"]["unique_graphs"],
+                "graph_breaks": sum(dynamo_counters["graph_break"].values())}
     timing = time_fn(step, cfg.device, cfg.repeats, cfg.warmup)
     row = {"time_s": timing.median_s, "iqr_s": timing.iqr_s, "samples": timing.samples,
            "calls_per_sample": timing.calls_per_sample, "_out": out.detach()}
     if impl.kind == "compile":
-        row["compile_s"] = first_call_s
+        # one graph and no breaks means the timed calls ran compiled code, not an eager fallback
+        row.update(compile_s=first_call_s, compile_graphs=compiled["graphs"],
+                   compile_graph_breaks=compiled["graph_breaks"],
+                   compile_recompiles=dynamo_counters["stats"]["unique_graphs"] - compiled["graphs"])
     if mode == "forward+backward":
         try:
             xg = x.detach().requires_grad_(True)

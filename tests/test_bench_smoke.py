@@ -66,6 +66,8 @@ def test_json_has_every_row(sweep):
             assert set(r["targets"]) >= ({"vs_compile"} if mode == "forward" else {"vs_compile", "vs_eager", "saved"})
         if mode == "forward+backward":
             assert r["saved_bytes"] >= x_bytes  # every implementation keeps x for backward
+        if impl == "compile":  # the timed calls ran one compiled graph, not an eager fallback
+            assert (r["compile_graphs"], r["compile_graph_breaks"], r["compile_recompiles"]) == (1, 0, 0)
     assert len(result["baselines"]) == len(TINY)
     for b in result["baselines"]:
         assert {"clone_s", "read_s", "read_write_s", "roof_forward_s", "roof_forward+backward_s"} <= set(b)
