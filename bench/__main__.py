@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     report.print_tables(console, result)
     path = report.write_json(result, args.out)
     console.print(f"JSON: {path}")
+    console.print(f"Markdown: {report.write_markdown(result, args.out)}")
     if not args.no_plots:
         for p in report.write_plots(result, args.out):
             console.print(f"plot: {p}")

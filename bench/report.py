@@ -123,6 +123,30 @@ def write_json(result: dict, out_dir: str) -> str:
     return path
 
 
+def write_markdown(result: dict, out_dir: str) -> str:
+    """``results.md``: the machine and one Markdown table per (dtype, mode), ready to paste in a README."""
+    m = result["machine"]
+    who = m.get("gpu_name") or f"{m['cpu_model']} ({m['logical_cpus']} CPUs, {m['torch_threads']} threads, " \
+                                f"ATen ISA {m['aten_cpu_capability']})"
+    lines = [f"Measured {result['created_utc']} on {who}, torch {m['torch']}, load average at start "
+             f"{_fmt((m.get('load_average') or [None])[0], '.1f')}; median of repeats.", ""]
+    rows = [r for r in result["results"] if "error" not in r]
+    for dtype in sorted({r["dtype"] for r in rows}):
+        for mode in [k for k in MODE_FILE if any(r["mode"] == k and r["dtype"] == dtype for r in rows)]:
+            lines += [f"**{mode}, {dtype}**", "",
+                      "| shape | impl | ms | vs eager | vs compile | x clone | saved/\\|x\\| |",
+                      "|---|---|---:|---:|---:|---:|---:|"]
+            for r in (r for r in rows if r["dtype"] == dtype and r["mode"] == mode):
+                lines.append(f"| {_shape(r['shape'])} | {r['impl']} | {r['time_s'] * 1e3:.2f} | "
+                             f"{_fmt(r.get('speedup_vs_eager'), '.2f')} | {_fmt(r.get('speedup_vs_compile'), '.2f')} | "
+                             f"{_fmt(r.get('time_over_clone'), '.1f')} | {_fmt(r.get('saved_over_x'), '.2f')} |")
+            lines.append("")
+    path = os.path.join(out_dir, "results.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
 MODE_FILE = {"forward": "fwd", "forward+backward": "fwdbwd"}
 
 

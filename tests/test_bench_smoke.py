@@ -79,6 +79,8 @@ def test_plots_and_table_are_written(sweep):
         with open(out / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
     assert "forward+backward" in stdout and "fused:spec" in stdout
+    markdown = (out / "results.md").read_text()
+    assert "| 2x48x5x9 | fused:spec |" in markdown
 
 
 @pytest.mark.parametrize("argv, message", [
