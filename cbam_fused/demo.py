@@ -2,7 +2,7 @@
 
 ``python -m cbam_fused.demo`` trains on synthetic data (offline, no downloads) for a few hundred
 steps, once with ``cbam_fused.reference.CBAM`` blocks and once with fused ``cbam_fused.CBAM`` blocks
-carrying the same weights, on the same batches. It prints the time per step of each run and the
+carrying the same weights, on the same batches (the two models take turns at every step). It prints the time per step of each run and the
 largest difference between the two loss curves, and writes the curves to a PNG and a JSON file.
 """
 from __future__ import annotations
@@ -93,23 +93,31 @@ def synthetic_data(samples: int, image_size: int, classes: int, seed: int):
     return images, labels
 
 
-def train(model: nn.Module, images, labels, steps: int, batch_size: int, lr: float, seed: int):
-    """SGD on a fixed sequence of batches; returns (losses, seconds per step)."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+def train_side_by_side(models: dict, images, labels, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    """SGD on one fixed sequence of batches, the models taking turns at every step (so that both see
+    the same machine load); returns, per model, the losses and the seconds per step."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    model.train()
-    losses, times = [], []
+    runs = {}
+    for name, model in models.items():
+        model.train()
+        runs[name] = {"opt": torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4),
+                      "losses": [], "step_s": []}
     for step in range(steps):
         start_idx = (step * batch_size) % (len(images) - batch_size + 1)
         idx = order[start_idx:start_idx + batch_size]
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(model(images[idx]), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
-    return losses, times
+        batch, target = images[idx], labels[idx]
+        for name, model in models.items():
+            run = runs[name]
+            t0 = time.perf_counter()
+            loss = F.cross_entropy(model(batch), target)
+            run["opt"].zero_grad(set_to_none=True)
+            loss.backward()
+            run["opt"].step()
+            run["step_s"].append(time.perf_counter() - t0)
+            run["losses"].append(loss.item())
+    for run in runs.values():
+        del run["opt"]
+    return runs
 
 
 def run_demo(steps: int = 300, batch_size: int = 32, image_size: int = 16, width: int = 16, blocks: int = 1,
@@ -125,12 +133,12 @@ def run_demo(steps: int = 300, batch_size: int = 32, image_size: int = 16, width
         f"parameters; {steps} steps of batch {batch_size} at {image_size}x{image_size}; "
         f"fused backend {resolved!r}; {torch.get_num_threads()} threads")
 
-    runs = {}
-    for name, model in (("reference", model_ref), ("fused", model_fused)):
-        losses, times = train(model, images, labels, steps, batch_size, lr, seed)
-        steady = times[min(len(times) - 1, 5):]  # the first steps warm up allocators and caches
-        runs[name] = {"losses": losses, "step_s": times, "median_step_s": statistics.median(steady)}
-        log(f"{name:>9}: final loss {losses[-1]:.4f}, median time per step {runs[name]['median_step_s'] * 1e3:.2f} ms")
+    runs = train_side_by_side({"reference": model_ref, "fused": model_fused}, images, labels, steps, batch_size,
+                              lr, seed)
+    for name, run in runs.items():
+        steady = run["step_s"][min(steps - 1, 5):]  # the first steps warm up allocators and caches
+        run["median_step_s"] = statistics.median(steady)
+        log(f"{name:>9}: final loss {run['losses'][-1]:.4f}, median time per step {run['median_step_s'] * 1e3:.2f} ms")
     diffs = [abs(a - b) for a, b in zip(runs["reference"]["losses"], runs["fused"]["losses"])]
     # Rounding differs between the fused kernels and the reference; training amplifies it step by step.
     apart = next((i for i, d in enumerate(diffs) if d > 1e-4), None)
