@@ -161,6 +161,10 @@ def write_plots(result: dict, out_dir: str) -> list[str]:
     paths = []
     machine = result["machine"]
     who = machine.get("gpu_name") or f"{machine['cpu_model']}, {machine['torch_threads']} threads"
+    load = (machine.get("load_average") or [None])[0]
+    if load is not None and not machine.get("gpu_name"):
+        who += f", load average {load:.1f} at start"
+    who += f", {result['created_utc']}"
     for dtype in sorted({r["dtype"] for r in rows}):
         for mode in [m for m in MODE_FILE if any(r["mode"] == m and r["dtype"] == dtype for r in rows)]:
             sel = [r for r in rows if r["dtype"] == dtype and r["mode"] == mode]
