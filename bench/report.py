@@ -1,0 +1,200 @@
+"""Rich tables, the JSON file and the matplotlib plots of a sweep."""
+from __future__ import annotations
+
+import json
+import os
+
+from rich.console import Console
+from rich.table import Table
+
+from .runner import TARGETS
+
+
+def _shape(s) -> str:
+    return "x".join(str(d) for d in s)
+
+
+def _fmt(v, spec: str, none: str = "-") -> str:
+    return none if v is None else format(v, spec)
+
+
+def _ok(flag) -> str:
+    return "" if flag is None else (" [green]✓[/]" if flag else " [red]✗[/]")
+
+
+def print_tables(console: Console, result: dict) -> None:
+    rows, device = result["results"], result["config"]["device"]
+    on_gpu = device.startswith("cuda")
+    keys = sorted({(r["dtype"], r["mode"]) for r in rows}, key=lambda k: (k[0], k[1] != "forward", k[1]))
+    for dtype, mode in keys:
+        t = Table(title=f"{mode}, {dtype}, {device}  median (IQR); vs = speed-up; x clone / x roof = time in units of the plain passes",
+                  show_lines=False, header_style="bold")
+        t.add_column("shape", no_wrap=True)
+        t.add_column("impl", no_wrap=True)
+        for col in ("ms (IQR)", "vs eager", "vs compile", "GB/s", "x clone", "x roof"):
+            t.add_column(col, justify="right", no_wrap=True)
+        if mode == "forward+backward":
+            t.add_column("saved/|x|", justify="right", no_wrap=True)
+        if on_gpu:
+            t.add_column("peak MB", justify="right")
+        t.add_column("max|diff|", justify="right")
+        last_shape = None
+        for r in (r for r in rows if r["dtype"] == dtype and r["mode"] == mode):
+            shape = _shape(r["shape"])
+            if last_shape is not None and shape != last_shape:
+                t.add_section()
+            first = shape != last_shape
+            last_shape = shape
+            name = f"[bold cyan]{r['impl']}[/]" if r["kind"] == "fused" else r["impl"]
+            if "error" in r:
+                t.add_row(shape if first else "", name, f"[red]{r['error'][:70]}[/]")
+                continue
+            tg = r.get("targets", {})
+            cells = [
+                shape if first else "", name,
+                f"{r['time_s'] * 1e3:.3f} ({r['iqr_s'] * 1e3:.3f})",
+                _fmt(r.get("speedup_vs_eager"), ".2f") + _ok(tg.get("vs_eager")),
+                _fmt(r.get("speedup_vs_compile"), ".2f") + _ok(tg.get("vs_compile")),
+                _fmt(r.get("gbps"), ".1f"),
+                _fmt(r.get("time_over_clone"), ".2f"), _fmt(r.get("time_over_roof"), ".2f"),
+            ]
+            if mode == "forward+backward":
+                cells.append(_fmt(r.get("saved_over_x"), ".3f") + _ok(tg.get("saved")))
+            if on_gpu:
+                peak = r.get("peak_memory_bytes")
+                cells.append(_fmt(None if peak is None else peak / 2**20, ".1f"))
+            cells.append(_fmt(r.get("max_abs_diff_vs_eager"), ".1e"))
+            t.add_row(*cells)
+        console.print(t)
+    _print_baselines(console, result)
+    _print_target_summary(console, result)
+
+
+def _print_baselines(console: Console, result: dict) -> None:
+    t = Table(title="plain passes (the yardsticks of DESIGN.md §3)", header_style="bold")
+    for col in ("shape", "dtype", "|x| MB", "clone ms", "read ms", "x*a ms", "roof fwd ms", "roof fwd+bwd ms"):
+        t.add_column(col, justify="left" if col in ("shape", "dtype") else "right")
+    for b in result["baselines"]:
+        t.add_row(_shape(b["shape"]), b["dtype"], f"{b['x_bytes'] / 2**20:.1f}", f"{b['clone_s'] * 1e3:.3f}",
+                  f"{b['read_s'] * 1e3:.3f}", f"{b['read_write_s'] * 1e3:.3f}",
+                  f"{b['roof_forward_s'] * 1e3:.3f}", f"{b['roof_forward+backward_s'] * 1e3:.3f}")
+    console.print(t)
+
+
+def target_summary(result: dict) -> list[dict]:
+    """Per fused backend and dtype: how many shapes meet each target, and the worst ratio seen."""
+    out = {}
+    for r in result["results"]:
+        if r["kind"] != "fused" or "error" in r:
+            continue
+        key = (r["impl"], r["dtype"])
+        s = out.setdefault(key, {"impl": r["impl"], "dtype": r["dtype"], "checks": {}})
+        for name, ok in r.get("targets", {}).items():
+            c = s["checks"].setdefault(f"{r['mode']}:{name}", {"met": 0, "total": 0})
+            c["met"] += int(ok)
+            c["total"] += 1
+    return list(out.values())
+
+
+def _print_target_summary(console: Console, result: dict) -> None:
+    summary = result.get("target_summary") or []
+    if not summary:
+        return
+    goals = (f"targets (issue 2): forward+backward >= {TARGETS['forward+backward']['min_speedup_vs_compile']}x "
+             f"compile and >= {TARGETS['forward+backward']['min_speedup_vs_eager']}x eager; forward >= "
+             f"{TARGETS['forward']['min_speedup_vs_compile']}x compile; saved <= {TARGETS['max_saved_over_x']}|x|")
+    t = Table(title=goals, header_style="bold")
+    t.add_column("impl")
+    t.add_column("dtype")
+    t.add_column("shapes meeting each target")
+    for s in summary:
+        parts = []
+        for name, c in s["checks"].items():
+            color = "green" if c["met"] == c["total"] else "red"
+            parts.append(f"{name} [{color}]{c['met']}/{c['total']}[/]")
+        t.add_row(s["impl"], s["dtype"], ", ".join(parts))
+    console.print(t)
+
+
+def write_json(result: dict, out_dir: str) -> str:
+    path = os.path.join(out_dir, "results.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    return path
+
+
+def write_markdown(result: dict, out_dir: str) -> str:
+    """``results.md``: the machine and one Markdown table per (dtype, mode), ready to paste in a README."""
+    m = result["machine"]
+    who = m.get("gpu_name") or f"{m['cpu_model']} ({m['logical_cpus']} CPUs, {m['torch_threads']} threads, " \
+                                f"ATen ISA {m['aten_cpu_capability']})"
+    lines = [f"Measured {result['created_utc']} on {who}, torch {m['torch']}, load average at start "
+             f"{_fmt((m.get('load_average') or [None])[0], '.1f')}; median of repeats.", ""]
+    rows = [r for r in result["results"] if "error" not in r]
+    for dtype in sorted({r["dtype"] for r in rows}):
+        for mode in [k for k in MODE_FILE if any(r["mode"] == k and r["dtype"] == dtype for r in rows)]:
+            lines += [f"**{mode}, {dtype}**", "",
+                      "| shape | impl | ms | vs eager | vs compile | x clone | saved/\\|x\\| |",
+                      "|---|---|---:|---:|---:|---:|---:|"]
+            for r in (r for r in rows if r["dtype"] == dtype and r["mode"] == mode):
+                lines.append(f"| {_shape(r['shape'])} | {r['impl']} | {r['time_s'] * 1e3:.2f} | "
+                             f"{_fmt(r.get('speedup_vs_eager'), '.2f')} | {_fmt(r.get('speedup_vs_compile'), '.2f')} | "
+                             f"{_fmt(r.get('time_over_clone'), '.1f')} | {_fmt(r.get('saved_over_x'), '.2f')} |")
+            lines.append("")
+    path = os.path.join(out_dir, "results.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+MODE_FILE = {"forward": "fwd", "forward+backward": "fwdbwd"}
+
+
+def write_plots(result: dict, out_dir: str) -> list[str]:
+    """One PNG per (dtype, mode): speed-up per shape and impl, vs eager (left) and vs compile (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["results"] if "error" not in r]
+    paths = []
+    machine = result["machine"]
+    who = machine.get("gpu_name") or f"{machine['cpu_model']}, {machine['torch_threads']} threads"
+    load = (machine.get("load_average") or [None])[0]
+    if load is not None and not machine.get("gpu_name"):
+        who += f", load average {load:.1f} at start"
+    who += f", {result['created_utc']}"
+    for dtype in sorted({r["dtype"] for r in rows}):
+        for mode in [m for m in MODE_FILE if any(r["mode"] == m and r["dtype"] == dtype for r in rows)]:
+            sel = [r for r in rows if r["dtype"] == dtype and r["mode"] == mode]
+            shapes = list(dict.fromkeys(_shape(r["shape"]) for r in sel))
+            panels = [("speedup_vs_eager", "speed-up vs eager", "eager"),
+                      ("speedup_vs_compile", "speed-up vs torch.compile", "compile")]
+            panels = [p for p in panels if any(r.get(p[0]) for r in sel)]
+            fig, axes = plt.subplots(1, len(panels), figsize=(max(8, 1.1 * len(shapes)) * len(panels) / 1.4, 4.8),
+                                     squeeze=False)
+            for ax, (key, label, baseline) in zip(axes[0], panels):
+                impls = [i for i in dict.fromkeys(r["impl"] for r in sel) if i != baseline]
+                width = 0.8 / max(1, len(impls))
+                for k, impl in enumerate(impls):
+                    vals = {_shape(r["shape"]): r.get(key) for r in sel if r["impl"] == impl}
+                    xs = [i + (k - (len(impls) - 1) / 2) * width for i in range(len(shapes))]
+                    ax.bar(xs, [vals.get(s) or 0 for s in shapes], width, label=impl)
+                ax.axhline(1.0, color="black", linewidth=0.8)
+                goal = TARGETS[mode].get("min_speedup_vs_" + baseline)
+                if goal and goal != 1.0:
+                    ax.axhline(goal, color="red", linestyle="--", linewidth=0.8, label=f"target {goal:g}x (fused)")
+                ax.set_xticks(range(len(shapes)))
+                ax.set_xticklabels(shapes, rotation=45, ha="right", fontsize=8)
+                ax.set_ylabel(label + " (x)")
+                ax.set_title(f"{mode}, {dtype}: {label}", fontsize=10)
+                ax.legend(fontsize=8)
+                ax.grid(axis="y", alpha=0.3)
+            fig.suptitle(who, fontsize=9)
+            fig.tight_layout()
+            path = os.path.join(out_dir, f"speedup_{MODE_FILE[mode]}_{dtype}.png")
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
+    return paths

@@ -1,0 +1,191 @@
+"""The sweep: every (dtype, shape, mode) timed for each fused backend, eager and torch.compile."""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch._inductor.config
+from torch import nn
+from torch._dynamo.utils import counters as dynamo_counters
+
+import cbam_fused
+from cbam_fused import reference
+
+from . import budget
+from .measure import peak_memory, saved_bytes, time_fn
+
+# Targets of the foundation issue (issue 2), checked per fused row; ratios, not measurements.
+TARGETS = {
+    "forward+backward": {"min_speedup_vs_compile": 2.0, "min_speedup_vs_eager": 3.0},
+    "forward": {"min_speedup_vs_compile": 1.0},
+    "max_saved_over_x": 1.1,
+}
+
+
+@dataclass
+class Impl:
+    """One contestant: ``kind`` is "fused", "eager" or "compile"; ``backend`` names the fused backend."""
+
+    name: str
+    kind: str
+    backend: Optional[str] = None
+
+
+@dataclass
+class Config:
+    device: torch.device
+    backends: list[str]
+    dtypes: list[torch.dtype]
+    modes: list[str]
+    shapes: list[tuple[int, int, int, int]]
+    repeats: int = 10
+    warmup: int = 3
+    compile: bool = True
+    channels_last: bool = False
+    reduction: int = 16
+    kernel_size: int = 7
+    seed: int = 0
+    impls: list[Impl] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.impls = [Impl("eager", "eager")]
+        if self.compile:
+            self.impls.append(Impl("compile", "compile"))
+        self.impls += [Impl(f"fused:{b}", "fused", b) for b in self.backends]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _module(impl: Impl, ref: nn.Module, cfg: Config, channels: int) -> nn.Module:
+    if impl.kind == "eager":
+        return ref
+    if impl.kind == "compile":
+        # compile in this process: a pool of compile workers would keep spinning while we time
+        torch._inductor.config.compile_threads = 1
+        torch._dynamo.reset()  # fresh per shape and mode: one compiled fn over many shapes hits the limit
+        return torch.compile(ref, dynamic=False)
+    fused = cbam_fused.CBAM(channels, cfg.reduction, cfg.kernel_size, backend=impl.backend)
+    fused = fused.to(device=cfg.device, dtype=next(ref.parameters()).dtype)
+    fused.load_state_dict(ref.state_dict(), strict=True)
+    return fused
+
+
+def _step_fns(mod: nn.Module, x: torch.Tensor, gy: torch.Tensor, mode: str):
+    """(the timed step, a call that returns the output compared against eager)."""
+    if mode == "forward":
+        def step():
+            with torch.no_grad():
+                return mod(x)
+        return step, step
+    params = [p for p in mod.parameters() if p.requires_grad]
+    xg = x.detach().requires_grad_(True)
+
+    def step():  # autograd.grad, not .backward(): no accumulation pass into .grad
+        return torch.autograd.grad(mod(xg), [xg, *params], gy)
+
+    return step, lambda: step()[0]
+
+
+def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], None]) -> tuple[dict, list[dict]]:
+    """All impls and modes at one (dtype, shape): returns (plain-pass baselines, result rows)."""
+    n, c, h, w = shape
+    torch.manual_seed(cfg.seed)
+    ref = reference.CBAM(c, cfg.reduction, cfg.kernel_size).to(device=cfg.device, dtype=dtype)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    x = torch.randn(shape, device=cfg.device, dtype=dtype).contiguous(memory_format=fmt)
+    gy = torch.randn_like(x)
+    x_bytes = x.numel() * x.element_size()
+    base = {"shape": list(shape), "dtype": dtype_name(dtype), "x_bytes": x_bytes,
+            **budget.plain_passes(x, cfg.repeats, cfg.warmup)}
+    rows = []
+    for mode in cfg.modes:
+        expected = None
+        mode_rows = []
+        for impl in cfg.impls:
+            on_step(f"{dtype_name(dtype)} {tuple(shape)} {mode} {impl.name}")
+            row = {"shape": list(shape), "dtype": dtype_name(dtype), "mode": mode, "impl": impl.name,
+                   "kind": impl.kind, "backend": impl.backend, "x_bytes": x_bytes}
+            try:
+                row.update(_measure(impl, ref, cfg, x, gy, mode, c))
+            except Exception as e:  # a broken backend is reported, the sweep goes on
+                row["error"] = f"{type(e).__name__}: {e}"
+                row["traceback"] = traceback.format_exc(limit=4)
+                mode_rows.append(row)
+                continue
+            out = row.pop("_out")
+            if impl.kind == "eager":
+                expected = out
+            elif expected is not None:
+                row["max_abs_diff_vs_eager"] = (out.float() - expected.float()).abs().max().item()
+            del out
+            mode_rows.append(row)
+        _derive(mode_rows, base, mode)
+        rows += mode_rows
+    return base, rows
+
+
+def _measure(impl: Impl, ref: nn.Module, cfg: Config, x, gy, mode: str, channels: int) -> dict:
+    mod = _module(impl, ref, cfg, channels)
+    step, output = _step_fns(mod, x, gy, mode)
+    dynamo_counters.clear()
+    start = time.perf_counter()
+    out = output()  # for torch.compile this first call compiles
+    first_call_s = time.perf_counter() - start
+    compiled = {"graphs": dynamo_counters["stats"]["unique_graphs"],
+                "graph_breaks": sum(dynamo_counters["graph_break"].values())}
+    timing = time_fn(step, cfg.device, cfg.repeats, cfg.warmup)
+    row = {"time_s": timing.median_s, "iqr_s": timing.iqr_s, "samples": timing.samples,
+           "calls_per_sample": timing.calls_per_sample, "_out": out.detach()}
+    if impl.kind == "compile":
+        # one graph and no breaks means the timed calls ran compiled code, not an eager fallback
+        row.update(compile_s=first_call_s, compile_graphs=compiled["graphs"],
+                   compile_graph_breaks=compiled["graph_breaks"],
+                   compile_recompiles=dynamo_counters["stats"]["unique_graphs"] - compiled["graphs"])
+    if mode == "forward+backward":
+        try:
+            xg = x.detach().requires_grad_(True)
+            row["saved_bytes"] = saved_bytes(lambda: mod(xg), exclude=list(mod.parameters()))
+        except Exception as e:  # e.g. hooks not traceable by a compiler
+            row["saved_bytes_error"] = f"{type(e).__name__}: {e}"
+    row["peak_memory_bytes"] = peak_memory(step, cfg.device)
+    return row
+
+
+def _derive(rows: list[dict], base: dict, mode: str) -> None:
+    """Speed-ups, bytes, bandwidth and the roof ratios, from the rows of one (dtype, shape, mode)."""
+    times = {r["impl"]: r.get("time_s") for r in rows}
+    x_bytes = base["x_bytes"]
+    fused_bytes = budget.bytes_moved("fused", mode, x_bytes)
+    for r in rows:
+        t = r.get("time_s")
+        if t is None:
+            continue
+        r["speedup_vs_eager"] = times["eager"] / t if times.get("eager") else None
+        r["speedup_vs_compile"] = times["compile"] / t if times.get("compile") else None
+        r["bytes_moved"] = budget.bytes_moved(r["kind"], mode, x_bytes)
+        r["gbps"] = r["bytes_moved"] / t / 1e9 if r["bytes_moved"] else None
+        r["effective_gbps"] = fused_bytes / t / 1e9  # the fused plan's bytes over this time
+        r["time_over_clone"] = t / base["clone_s"]
+        r["time_over_roof"] = t / base[f"roof_{mode}_s"]
+        if "saved_bytes" in r:
+            r["saved_over_x"] = r["saved_bytes"] / x_bytes
+        if r["kind"] == "fused":
+            r["targets"] = check_targets(r, mode)
+
+
+def check_targets(row: dict, mode: str) -> dict:
+    """Pass/fail of the issue-2 targets for one fused row (None where the other side is missing)."""
+    goals = TARGETS[mode]
+    out = {}
+    if "min_speedup_vs_compile" in goals and row.get("speedup_vs_compile") is not None:
+        out["vs_compile"] = row["speedup_vs_compile"] >= goals["min_speedup_vs_compile"]
+    if "min_speedup_vs_eager" in goals and row.get("speedup_vs_eager") is not None:
+        out["vs_eager"] = row["speedup_vs_eager"] >= goals["min_speedup_vs_eager"]
+    if "saved_over_x" in row:
+        out["saved"] = row["saved_over_x"] <= TARGETS["max_saved_over_x"]
+    return out

@@ -1,0 +1,107 @@
+"""Smoke test of the benchmark CLI: a tiny sweep writes its JSON (with every row) and its plots.
+
+Nothing here depends on timing values; the expected rows and byte counts come from the CLI's
+contract (the brief of issue 6) and DESIGN.md §3, not from the bench code.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import cbam_fused
+from bench import shapes as shape_sets
+from bench.__main__ import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [(2, 32, 8, 8), (2, 48, 5, 9)]
+
+
+def _fused_cpu_backends():
+    # every fused backend reported for CPU tensors; never triton on CPU, never the unfused "torch"
+    return [b for b in cbam_fused.available_backends() if b not in ("torch", "triton", "cuda")]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_out")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "bench", "--quick", "--device", "cpu", "--backends", "all,spec",
+           "--repeats", "1", "--warmup", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    with open(out / "results.json") as f:
+        return out, json.load(f), proc.stdout
+
+
+def test_json_describes_the_machine(sweep):
+    _, result, _ = sweep
+    m = result["machine"]
+    for key in ("cpu_model", "logical_cpus", "torch_threads", "aten_cpu_capability", "torch", "triton",
+                "cbam_fused_backends", "device"):
+        assert key in m, key
+    assert m["cbam_fused_backends"] == cbam_fused.available_backends()
+    assert result["config"]["shapes"] == [list(s) for s in TINY]
+
+
+def test_json_has_every_row(sweep):
+    _, result, _ = sweep
+    fused = [f"fused:{b}" for b in _fused_cpu_backends() + ["spec"]]
+    impls = ["eager", "compile", *fused]
+    rows = {(tuple(r["shape"]), r["mode"], r["impl"]): r for r in result["results"]}
+    expected = {(s, m, i) for s in TINY for m in ("forward", "forward+backward") for i in impls}
+    assert set(rows) == expected
+    for (shape, mode, impl), r in rows.items():
+        assert "error" not in r, r.get("error")
+        x_bytes = 4 * shape[0] * shape[1] * shape[2] * shape[3]  # float32
+        assert r["x_bytes"] == x_bytes
+        for key in ("time_s", "iqr_s", "speedup_vs_eager", "speedup_vs_compile", "effective_gbps",
+                    "time_over_clone", "time_over_roof"):
+            assert r[key] is not None and r[key] >= 0, (key, r)
+        if impl.startswith("fused:"):
+            # DESIGN.md §3: the fused plan moves 4|x| forward and 5|x| backward
+            assert r["bytes_moved"] == (4 if mode == "forward" else 9) * x_bytes
+            assert r["max_abs_diff_vs_eager"] < 1e-4
+            assert set(r["targets"]) >= ({"vs_compile"} if mode == "forward" else {"vs_compile", "vs_eager", "saved"})
+        if mode == "forward+backward":
+            assert r["saved_bytes"] >= x_bytes  # every implementation keeps x for backward
+        if impl == "compile":  # the timed calls ran one compiled graph, not an eager fallback
+            assert (r["compile_graphs"], r["compile_graph_breaks"], r["compile_recompiles"]) == (1, 0, 0)
+    assert len(result["baselines"]) == len(TINY)
+    for b in result["baselines"]:
+        assert {"clone_s", "read_s", "read_write_s", "roof_forward_s", "roof_forward+backward_s"} <= set(b)
+
+
+def test_plots_and_table_are_written(sweep):
+    out, _, stdout = sweep
+    for name in ("speedup_fwd_float32.png", "speedup_fwdbwd_float32.png"):
+        with open(out / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+    assert "forward+backward" in stdout and "fused:spec" in stdout
+    markdown = (out / "results.md").read_text()
+    assert "| 2x48x5x9 | fused:spec |" in markdown
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backends", "nonsense"], "unknown backend"),
+    (["--backends", "triton"], "triton"),
+    (["--dtypes", "int8"], "unknown dtype"),
+    (["--modes", "backward"], "unknown mode"),
+    (["--shapes", "bogus"], "unknown shape set"),
+    (["--shapes", "8x256x56"], "NxCxHxW"),
+])
+def test_bad_options_fail_clearly(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["--device", "cpu", *argv])
+
+
+def test_shape_sets():
+    default = shape_sets.resolve(["default"])
+    # issue 2, item 9
+    for s in [(8, 256, 56, 56), (8, 512, 28, 28), (8, 1024, 14, 14), (8, 2048, 7, 7), (32, 64, 56, 56)]:
+        assert s in default
+    assert (32, 256, 56, 56) in default and (8, 2048, 7, 7) in default  # ResNet-50 stages, batch 8 and 32
+    assert any(h != w for _, _, h, w in shape_sets.SHAPE_SETS["neck"])
+    assert len(default) == len(set(default))
+    assert shape_sets.resolve(["8x16x4x6", "tiny"])[0] == (8, 16, 4, 6)
