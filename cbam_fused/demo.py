@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import reference
-from .modules import CBAM
+from .convert import convert
 from .ops import resolve_backend
 
 
@@ -61,24 +61,6 @@ class CBAMResNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.layers(self.stem(x)).mean(dim=(2, 3)))
-
-
-def swap_in_fused_cbam(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
-    """Replace every ``reference.CBAM`` in ``model`` (in place) by a fused ``CBAM`` with the same weights.
-
-    ``cbam_fused.convert`` does this in general; this demo needs only the reference flavor.
-    """
-    for name, child in model.named_children():
-        if isinstance(child, reference.CBAM):
-            fc1 = child.channel_attention.shared_MLP[0]
-            channels, hidden = fc1.in_channels, fc1.out_channels
-            fused = CBAM(channels, max(1, channels // hidden), child.spatial_attention.conv2d.kernel_size[0],
-                         backend=backend)
-            fused.load_state_dict(child.state_dict(), strict=True)  # raises if the hidden width differs
-            setattr(model, name, fused.to(fc1.weight.device, fc1.weight.dtype))
-        else:
-            swap_in_fused_cbam(child, backend)
-    return model
 
 
 def synthetic_data(samples: int, image_size: int, classes: int, seed: int):
@@ -125,7 +107,9 @@ def run_demo(steps: int = 300, batch_size: int = 32, image_size: int = 16, width
              out: Optional[str] = "bench_out/demo", plot: bool = True, log=print) -> dict:
     torch.manual_seed(seed)
     model_ref = CBAMResNet(width, blocks)
-    model_fused = swap_in_fused_cbam(copy.deepcopy(model_ref), backend)
+    model_fused = copy.deepcopy(model_ref)
+    report = convert(model_fused, backend=backend)
+    log(str(report))
     images, labels = synthetic_data(samples, image_size, 10, seed)
     resolved = resolve_backend(backend, images)
     cbams = sum(isinstance(m, reference.CBAM) for m in model_ref.modules())

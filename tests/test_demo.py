@@ -1,22 +1,22 @@
-"""Smoke test of the training demo: the swap keeps the weights, a few steps track the reference run."""
+"""Smoke test of the training demo: convert keeps the function, a few steps track the reference run."""
 import json
 
 import torch
 
 from cbam_fused import reference
-from cbam_fused.demo import CBAMResNet, main, swap_in_fused_cbam
-from cbam_fused.modules import CBAM
+from cbam_fused import convert
+from cbam_fused.demo import CBAMResNet, main
 
 
-def test_swap_keeps_the_function():
+def test_convert_keeps_the_function():
     torch.manual_seed(0)
     model = CBAMResNet(width=8, blocks=1).eval()
     x = torch.randn(4, 3, 12, 12)
     expected = model(x)
-    swapped = swap_in_fused_cbam(model)
-    assert not any(isinstance(m, reference.CBAM) for m in swapped.modules())
-    assert sum(isinstance(m, CBAM) for m in swapped.modules()) == 3
-    torch.testing.assert_close(swapped(x), expected, atol=1e-5, rtol=1e-4)
+    report = convert(model)
+    assert len(report.replaced) == 3 and not report.skipped
+    assert not any(isinstance(m, reference.CBAM) for m in model.modules())
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-4)
 
 
 def test_demo_runs_and_tracks_the_reference(tmp_path):
