@@ -14,6 +14,7 @@ kernels, the Triton kernels (through ``torch.library.triton_op`` twins of the tw
 
 This module is the only place that chooses a backend.
 """
+import functools
 import os
 from typing import Optional
 
@@ -436,6 +437,16 @@ def _triton_ops():
 
 
 # ------------------------------------------------------------------------------- eager composite
+def _autocast_off(fn):
+    """Run ``fn(x, ...)`` with autocast off on x's device (see ``_no_autocast``)."""
+    @functools.wraps(fn)
+    def run(x, *args, **kwargs):
+        with _no_autocast(x):
+            return fn(x, *args, **kwargs)
+    return run
+
+
+@_autocast_off
 def _eager(x, cw, pools, cgate, sw, sgate, ties):
     """The "torch" backend: the same math with stock ops and autograd (also the ONNX export path)."""
     n, c, h, w = x.shape
@@ -572,8 +583,7 @@ def attention(
         cw = _channel_weights(w1, b1, w2, b2, channel_kind, acc)
         sw = _spatial_weights(conv_weight, conv_bias, spatial_order, bn, bn_weight, bn_bias,
                               bn_running_mean, bn_running_var, bn_eps, acc)
-        with _no_autocast(x):
-            return _eager(x, cw, channel_pools, channel_gate, sw, spatial_gate, ties)
+        return _eager(x, cw, channel_pools, channel_gate, sw, spatial_gate, ties)
     op = _triton_ops()[0] if name == "triton" else _forward_op
     out = op(x, w1, b1, w2, b2, conv_weight, conv_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var,
              channel_kind, channel_pools, channel_gate, spatial_order, spatial_gate, bn, float(bn_eps), ties,
