@@ -173,26 +173,28 @@ def sampled_check(x, wt, backend, with_backward=True, extra_flat=()):
     t0 = time.perf_counter()
     ref_w = {k: v.to(dtype) for k, v in wt.items()}  # the oracle sees the same rounded weights
     chunked = [ChunkedReference(x, ref_w, n) for n in range(x.shape[0])]
+    pos = _positions(tuple(x.shape), chunked, extra_flat)
+    picks = {}  # n -> (channels, pixels, y there, gx there)
+    for n in range(x.shape[0]):
+        sel = [(c, p) for nn_, c, p in pos if nn_ == n]
+        if sel:
+            c, p = torch.tensor([s_[0] for s_ in sel]), torch.tensor([s_[1] for s_ in sel])
+            gx_n = grads["x"][n].reshape(x.shape[1], -1)[c, p] if with_backward else None
+            picks[n] = (c, p, y.detach()[n].reshape(x.shape[1], -1)[c, p], gx_n)
+    if with_backward:
+        del grads["x"]  # only the samples are needed: frees a full-size tensor before the oracle runs
     gy = y.detach() if with_backward else torch.zeros_like(x[:1]).expand_as(x)
     per_sample = [ref.run(gy) for ref in chunked]
     ref_wgrads = {k: sum(d[k] for d in per_sample) for k in per_sample[0]}
     times["oracle_s"] = time.perf_counter() - t0
     times["oracle_peak_gb"] = _peak_rss_gb()
 
-    pos = _positions(tuple(x.shape), chunked, extra_flat)
-    yv = y.detach().reshape(x.shape[0], x.shape[1], -1)
     tol = dict(atol=2e-2, rtol=2e-2) if dtype in (torch.bfloat16, torch.float16) else dict(atol=1e-5, rtol=1e-4)
-    for n in range(x.shape[0]):
-        sel = [(c, p) for nn_, c, p in pos if nn_ == n]
-        if not sel:
-            continue
-        c = torch.tensor([s[0] for s in sel])
-        p = torch.tensor([s[1] for s in sel])
-        torch.testing.assert_close(yv[n, c, p].to(torch.float64), chunked[n].y_at(c, p), **tol,
+    for n, (c, p, y_n, gx_n) in picks.items():
+        torch.testing.assert_close(y_n.to(torch.float64), chunked[n].y_at(c, p), **tol,
                                    msg=lambda m: f"y at sample {n}: {m}")
         if with_backward:
-            gxv = grads["x"].reshape(x.shape[0], x.shape[1], -1)
-            torch.testing.assert_close(gxv[n, c, p].to(torch.float64), chunked[n].gx_at(c, p), **tol,
+            torch.testing.assert_close(gx_n.to(torch.float64), chunked[n].gx_at(c, p), **tol,
                                        msg=lambda m: f"gx at sample {n}: {m}")
     if with_backward:
         for k, g_ref in ref_wgrads.items():
@@ -246,7 +248,7 @@ def test_more_than_2_31_elements_bf16(capsys):
     from .conftest import require_backend
 
     require_backend("cpu")
-    need_gb = 15.0  # x, y and gx (4.3 GB each) plus the oracle's per-pixel maps
+    need_gb = 16.0  # measured peak: about 13.2 GB (x, y and gx, 4.3 GB each) in the backward pass
     if _mem_available_gb() < need_gb:
         msg = f"needs about {need_gb} GB of free memory, {_mem_available_gb():.1f} GB available"
         if IN_CI:
