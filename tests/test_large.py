@@ -248,7 +248,7 @@ def test_more_than_2_31_elements_bf16(capsys):
     from .conftest import require_backend
 
     require_backend("cpu")
-    need_gb = 16.0  # measured peak: about 13.2 GB (x, y and gx, 4.3 GB each) in the backward pass
+    need_gb = 17.0  # measured peaks: 13.2 GB in the backward pass (x, y, gx), 15.4 GB in the oracle
     if _mem_available_gb() < need_gb:
         msg = f"needs about {need_gb} GB of free memory, {_mem_available_gb():.1f} GB available"
         if IN_CI:
