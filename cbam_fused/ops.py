@@ -14,6 +14,7 @@ kernels, the Triton kernels (through ``torch.library.triton_op`` twins of the tw
 
 This module is the only place that chooses a backend.
 """
+import functools
 import os
 from typing import Optional
 
@@ -147,7 +148,13 @@ def _unavailable_reason(name: str) -> str:
 
 
 def resolve_backend(backend: Optional[str], x: Tensor) -> str:
-    """Pick the backend for ``x``: the named one (checked), or the best for x's device."""
+    """Pick the backend for ``x``: the named one (checked), or the best for x's device.
+
+    While exporting (``torch.export``, ``torch.onnx.export``) it is always "torch": the opaque custom
+    ops do not export, the stock-op decomposition does.
+    """
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        return "torch"
     if backend in (None, "auto"):
         if x.device.type == "cuda":
             for name in ("cuda", "triton"):
@@ -185,6 +192,11 @@ def _dense(x: Tensor) -> Tensor:
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
         return x
     return x.contiguous()
+
+
+def _no_autocast(x: Tensor):
+    """Autocast off for the small steps, which must run in the accumulation dtype (see ``attention``)."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def _opt(t: Tensor) -> Optional[Tensor]:
@@ -310,7 +322,8 @@ def _make_ops(suffix: str, passes_of, define):
         acc = acc_dtype(x.dtype)
         cw = _channel_weights(w1, b1, w2, b2, channel_kind, acc)
         sw = _spatial_weights(conv_w, conv_b, spatial_order, bn, bn_w, bn_b, bn_mean, bn_var, bn_eps, acc)
-        return _forward_impl(passes_of(backend), x, cw, channel_pools, channel_gate, sw, spatial_gate)
+        with _no_autocast(x):
+            return _forward_impl(passes_of(backend), x, cw, channel_pools, channel_gate, sw, spatial_gate)
 
     def attention_backward(
         gy: Tensor, x: Tensor, w1: Optional[Tensor], b1: Optional[Tensor], w2: Optional[Tensor],
@@ -327,8 +340,9 @@ def _make_ops(suffix: str, passes_of, define):
         cw = _channel_weights(w1, b1, w2, b2, channel_kind, acc)
         sw = _spatial_weights(conv_w, conv_b, spatial_order, bn, bn_w, bn_b, bn_mean, bn_var, bn_eps, acc)
         saved = (m, avg, max_hw, tie_hw, l, mean_c, max_c, tie_c, bn_stats)
-        grads = _backward_impl(passes_of(backend), gy, x, cw, channel_pools, channel_gate, sw, spatial_gate,
-                               ties == "split", need_gx, saved)
+        with _no_autocast(x):
+            grads = _backward_impl(passes_of(backend), gy, x, cw, channel_pools, channel_gate, sw,
+                                   spatial_gate, ties == "split", need_gx, saved)
         like = (x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b)
         return tuple(
             g.to(ref.dtype) if g is not None and ref is not None else x.new_empty(0)
@@ -403,9 +417,17 @@ def _make_autograd(backward_op):
     return setup_context, backward
 
 
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("cbam_fused does not implement second derivatives: double backward "
+                       "(create_graph=True, then differentiating the gradients) through a fused op is "
+                       "not supported; use backend='torch' for that")
+
+
 def _register_autograd(forward_name: str, backward_op) -> None:
     setup_context, backward = _make_autograd(backward_op)
     torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
+    torch.library.register_autograd(backward_op._qualname, _no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None)
 
 
 _register_autograd("cbam_fused::attention_forward", _backward_op)
@@ -435,6 +457,16 @@ def _define_triton_ops() -> bool:
 
 
 # ------------------------------------------------------------------------------- eager composite
+def _autocast_off(fn):
+    """Run ``fn(x, ...)`` with autocast off on x's device (see ``_no_autocast``)."""
+    @functools.wraps(fn)
+    def run(x, *args, **kwargs):
+        with _no_autocast(x):
+            return fn(x, *args, **kwargs)
+    return run
+
+
+@_autocast_off
 def _eager(x, cw, pools, cgate, sw, sgate, ties):
     """The "torch" backend: the same math with stock ops and autograd (also the ONNX export path)."""
     n, c, h, w = x.shape
@@ -452,7 +484,7 @@ def _eager(x, cw, pools, cgate, sw, sgate, ties):
         m = ss.channel_logits(cw, pools, flat.mean(dim=2), vmax(flat, 2))
         v = v * ss.gate_forward(cgate, m)[:, :, None, None]
     if sw is not None:
-        l, stats = ss.spatial_logits(sw, v.mean(dim=1).reshape(n, -1), vmax(v, 1).reshape(n, -1), (n, h, w))
+        l, stats = ss.spatial_logits(sw, v.mean(dim=1).reshape(n, h * w), vmax(v, 1).reshape(n, h * w), (n, h, w))
         v = v * ss.gate_forward(sgate, l).reshape(n, 1, h, w)
     return v.to(x.dtype), stats
 
@@ -479,6 +511,9 @@ def _validate(x, w1, b1, w2, b2, channel_kind, conv_w, conv_b, bn_w, bn_b, bn_me
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     n, c, h, w = x.shape
+    if c == 0 or h == 0 or w == 0:  # N = 0 is fine: an empty batch, as in the reference
+        raise ValueError(f"x has an empty C, H or W dimension (shape {tuple(x.shape)}); "
+                         "the max pools over channels and pixels are undefined")
     if w1 is not None:
         _check_tensor("w1", w1, x)
         if channel_kind == "mlp":
@@ -547,7 +582,15 @@ def attention(
     ``bn_training`` is None for no BatchNorm after the spatial conv; True uses batch statistics,
     False the running ones. Returns ``(y, bn_batch_stats)``: the stats are ``[mean, biased var]`` of
     the conv output in BN training mode (the caller updates running buffers), else None.
+
+    Under autocast on x's device, the floating-point weights are cast to x's dtype (as the modules
+    always do): the op computes in x's dtype with fp32 accumulation and returns x's dtype.
     """
+    if isinstance(x, Tensor) and x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        w1, b1, w2, b2, conv_weight, conv_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var = (
+            t.to(x.dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+            for t in (w1, b1, w2, b2, conv_weight, conv_bias, bn_weight, bn_bias, bn_running_mean,
+                      bn_running_var))
     _validate(x, w1, b1, w2, b2, channel_kind, conv_weight, conv_bias, bn_weight, bn_bias,
               bn_running_mean, bn_running_var, bn_training)
     _check_config(channel_kind, channel_pools, channel_gate, spatial_gate, ties)

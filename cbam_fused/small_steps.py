@@ -200,7 +200,7 @@ def spatial_logits(wt: SpatialWeights, q_mean: Tensor, q_max: Tensor, shape) -> 
             stats = torch.stack([c.mean(), c.var(correction=0)])
         mean, var = _bn_stats(wt, c, stats)
         c = (c - mean) * torch.rsqrt(var + wt.bn_eps) * _affine(wt.bn_w, 1.0, c) + _affine(wt.bn_b, 0.0, c)
-    return c.reshape(c.shape[0], -1), stats
+    return c.flatten(1), stats  # flatten, not reshape(n, -1): N may be 0
 
 
 def spatial_logits_backward(wt: SpatialWeights, q_mean, q_max, shape, bn_stats, gl: Tensor):
