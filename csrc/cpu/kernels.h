@@ -275,6 +275,72 @@ inline int64_t grain_for(int64_t elems_per_item) {  // ~32K elements per task
   return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, elems_per_item));
 }
 
+// Rows at most this long are pooled with lanes = rows (reduce_rows_as_lanes): per-row horizontal
+// folds would cost as much as the row itself.
+constexpr int64_t kShortRowVecs = 16;
+
+// Sum and argmax of `rows` <= L contiguous rows of `len` elements (row r at x + r * len), with
+// lanes = rows: L x L tiles are transposed through an L1 buffer and fed column by column, so each
+// row is reduced in position order and nothing is folded across lanes. v = x * scale[position]
+// (scale == nullptr: x itself). Results go to entries first_out .. first_out + rows - 1.
+template <typename T>
+void reduce_rows_as_lanes(const T* x, const acc_t<T>* scale, int64_t len, int64_t rows, int64_t first_out,
+                          acc_t<T>* mean, acc_t<T>* max, int32_t* argmax, int32_t* count) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  alignas(64) T tile[L * L];  // tile[j * L + i] = x[row i, column k + j]
+  Vec<A> vsum(0);
+  VecArgMax<A> tr;
+  for (int64_t k = 0; k < len; k += L) {
+    const int64_t cols = std::min(L, len - k);
+    if (rows == L && cols == L) {
+      at::vec::transpose_mxn<T, L, L>(x + k, len, tile, L);
+    } else {  // edge tile: missing rows and columns are zeros (columns past `cols` are not fed)
+      std::fill(tile, tile + L * L, T(0));
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t j = 0; j < cols; ++j) tile[j * L + i] = x[i * len + k + j];
+      }
+    }
+    for (int64_t j = 0; j < cols; ++j) {
+      Vec<A> v = Io<T>::load(tile + j * L);
+      if (scale) v = v * Vec<A>(scale[k + j]);
+      vsum = vsum + v;
+      tr.feed(k + j == 0, v, Vec<A>(static_cast<A>(k + j)));
+    }
+  }
+  write_lanes(tr, vsum, len, first_out, rows, mean, max, argmax, count);
+}
+
+// Pools every contiguous row of x viewed as [groups, rows_per_group, len] (scale: [groups, len] or
+// nullptr) into [groups * rows_per_group] outputs. Work items are fixed blocks of rows inside one
+// group, so results do not depend on the thread count.
+template <typename T>
+void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_per_group, int64_t len,
+               acc_t<T>* mean, acc_t<T>* max, int32_t* argmax, int32_t* count) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  if (len <= kShortRowVecs * L) {
+    const int64_t blocks = (rows_per_group + L - 1) / L;
+    at::parallel_for(0, groups * blocks, grain_for(L * len), [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t g = item / blocks, r0 = (item % blocks) * L;
+        const int64_t first = g * rows_per_group + r0;
+        reduce_rows_as_lanes<T>(x + first * len, scale ? scale + g * len : nullptr, len,
+                                std::min(L, rows_per_group - r0), first, mean, max, argmax, count);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, groups * rows_per_group, grain_for(len), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      A sum;
+      ArgMax<A> st;
+      reduce_row<T>(x + r * len, scale ? scale + (r / rows_per_group) * len : nullptr, len, sum, st);
+      write_pool(st, sum, len, r, mean, max, argmax, count);
+    }
+  });
+}
+
 // ------------------------------------------------------------------------------------ pool_hw
 // Reads x once (|x|); writes four [N,C] arrays.
 template <typename T, Layout kLayout>
@@ -286,14 +352,7 @@ void pool_hw(const PoolHwArgs& args) {
   A* avg = static_cast<A*>(args.avg);
   A* mx = static_cast<A*>(args.max);
   if constexpr (kLayout == Layout::NCHW) {  // one contiguous row of P pixels per (n, c)
-    at::parallel_for(0, N * C, grain_for(P), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        A sum;
-        ArgMax<A> st;
-        reduce_row<T>(x + r * P, nullptr, P, sum, st);
-        write_pool(st, sum, P, r, avg, mx, args.argmax, args.count);
-      }
-    });
+    pool_rows<T>(x, nullptr, 1, N * C, P, avg, mx, args.argmax, args.count);
   } else {  // per (n, block of channels): walk the pixels, lanes are channels
     constexpr int64_t kBlock = 256;
     constexpr int64_t kVecs = kBlock / L;
@@ -377,15 +436,8 @@ void pool_c(const PoolCArgs& args) {
         }
       }
     });
-  } else {  // one contiguous row of C channels per (n, p)
-    at::parallel_for(0, N * P, grain_for(C), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        A sum;
-        ArgMax<A> st;
-        reduce_row<T>(x + r * C, a ? a + (r / P) * C : nullptr, C, sum, st);
-        write_pool(st, sum, C, r, mean, mx, args.argmax, args.count);
-      }
-    });
+  } else {  // one contiguous row of C channels per (n, p), scaled by a[n]
+    pool_rows<T>(x, a, a ? N : 1, a ? P : N * P, C, mean, mx, args.argmax, args.count);
   }
 }
 
