@@ -279,36 +279,50 @@ inline int64_t grain_for(int64_t elems_per_item) {  // ~32K elements per task
 // folds would cost as much as the row itself.
 constexpr int64_t kShortRowVecs = 16;
 
-// Sum and argmax of `rows` <= L contiguous rows of `len` elements (row r at x + r * len), with
-// lanes = rows: L x L tiles are transposed through an L1 buffer and fed column by column, so each
-// row is reduced in position order and nothing is folded across lanes. v = x * scale[position]
-// (scale == nullptr: x itself). Results go to entries first_out .. first_out + rows - 1.
+// Row tiles of L rows pooled together: their argmax chains are independent, which hides the
+// latency of one compare-and-blend chain per tile.
+constexpr int64_t kRowTiles = 2;
+
+// Sum and argmax of `rows` <= kRowTiles * L contiguous rows of `len` elements (row r at x + r * len),
+// with lanes = rows of a tile: L x L blocks are transposed through an L1 buffer and fed column by
+// column, so each row is reduced in position order and nothing is folded across lanes.
+// v = x * scale[position] (scale == nullptr: x itself). Results go to first_out .. + rows - 1.
 template <typename T>
 void reduce_rows_as_lanes(const T* x, const acc_t<T>* scale, int64_t len, int64_t rows, int64_t first_out,
                           acc_t<T>* mean, acc_t<T>* max, int32_t* argmax, int32_t* count) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
-  alignas(64) T tile[L * L];  // tile[j * L + i] = x[row i, column k + j]
-  Vec<A> vsum(0);
-  VecArgMax<A> tr;
+  alignas(64) T tile[kRowTiles][L * L];  // tile[t][j * L + i] = x[row t * L + i, column k + j]
+  Vec<A> vsum[kRowTiles];
+  VecArgMax<A> tr[kRowTiles];
+  for (int64_t t = 0; t < kRowTiles; ++t) vsum[t] = Vec<A>(0);
   for (int64_t k = 0; k < len; k += L) {
     const int64_t cols = std::min(L, len - k);
-    if (rows == L && cols == L) {
-      at::vec::transpose_mxn<T, L, L>(x + k, len, tile, L);
-    } else {  // edge tile: missing rows and columns are zeros (columns past `cols` are not fed)
-      std::fill(tile, tile + L * L, T(0));
-      for (int64_t i = 0; i < rows; ++i) {
-        for (int64_t j = 0; j < cols; ++j) tile[j * L + i] = x[i * len + k + j];
+    for (int64_t t = 0; t < kRowTiles; ++t) {
+      const int64_t tile_rows = std::clamp<int64_t>(rows - t * L, 0, L);
+      const T* src = x + t * L * len + k;
+      if (tile_rows == L && cols == L) {
+        at::vec::transpose_mxn<T, L, L>(src, len, tile[t], L);
+      } else {  // edge tile: missing rows are zeros, columns past `cols` are not fed
+        std::fill(tile[t], tile[t] + L * L, T(0));
+        for (int64_t i = 0; i < tile_rows; ++i) {
+          for (int64_t j = 0; j < cols; ++j) tile[t][j * L + i] = src[i * len + j];
+        }
       }
     }
     for (int64_t j = 0; j < cols; ++j) {
-      Vec<A> v = Io<T>::load(tile + j * L);
-      if (scale) v = v * Vec<A>(scale[k + j]);
-      vsum = vsum + v;
-      tr.feed(k + j == 0, v, Vec<A>(static_cast<A>(k + j)));
+      const Vec<A> at(static_cast<A>(k + j));
+      for (int64_t t = 0; t < kRowTiles; ++t) {
+        Vec<A> v = Io<T>::load(tile[t] + j * L);
+        if (scale) v = v * Vec<A>(scale[k + j]);
+        vsum[t] = vsum[t] + v;
+        tr[t].feed(k + j == 0, v, at);
+      }
     }
   }
-  write_lanes(tr, vsum, len, first_out, rows, mean, max, argmax, count);
+  for (int64_t t = 0; t * L < rows; ++t) {
+    write_lanes(tr[t], vsum[t], len, first_out + t * L, std::min(L, rows - t * L), mean, max, argmax, count);
+  }
 }
 
 // Pools every contiguous row of x viewed as [groups, rows_per_group, len] (scale: [groups, len] or
@@ -320,13 +334,14 @@ void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_p
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
   if (len <= kShortRowVecs * L) {
-    const int64_t blocks = (rows_per_group + L - 1) / L;
-    at::parallel_for(0, groups * blocks, grain_for(L * len), [&](int64_t begin, int64_t end) {
+    constexpr int64_t kRows = kRowTiles * L;
+    const int64_t blocks = (rows_per_group + kRows - 1) / kRows;
+    at::parallel_for(0, groups * blocks, grain_for(kRows * len), [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t g = item / blocks, r0 = (item % blocks) * L;
+        const int64_t g = item / blocks, r0 = (item % blocks) * kRows;
         const int64_t first = g * rows_per_group + r0;
         reduce_rows_as_lanes<T>(x + first * len, scale ? scale + g * len : nullptr, len,
-                                std::min(L, rows_per_group - r0), first, mean, max, argmax, count);
+                                std::min(kRows, rows_per_group - r0), first, mean, max, argmax, count);
       }
     });
     return;
