@@ -416,7 +416,8 @@ void pool_c(const PoolCArgs& args) {
   A* mean = static_cast<A*>(args.mean);
   A* mx = static_cast<A*>(args.max);
   if constexpr (kLayout == Layout::NCHW) {  // per (n, pixel block): walk the channels, lanes are pixels
-    constexpr int64_t kBlock = kNchwPixelBlock;
+    // pixels are independent here (no partial sums), so a small block only adds parallelism
+    constexpr int64_t kBlock = 128;
     constexpr int64_t kVecs = kBlock / L;
     const int64_t blocks = (P + kBlock - 1) / kBlock;
     at::parallel_for(0, N * blocks, grain_for(C * kBlock), [&](int64_t begin, int64_t end) {
