@@ -190,10 +190,11 @@ def test_all_equal_values(layout):
     assert torch.all(avg == 1.25) and torch.all(mx == 1.25)
 
 
+@pytest.mark.parametrize("shape", [(3, 40, 37, 41), (4, 601, 7, 5)], ids=["long_pixel_rows", "short_pixel_rows"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_results_do_not_depend_on_thread_count(layout):
+def test_results_do_not_depend_on_thread_count(layout, shape):
     """Fixed blocking and fold order: bitwise the same with 1 thread and with several."""
-    x = make_x((3, 40, 37, 41), torch.float32, layout, plant=False)
+    x = make_x(shape, torch.float32, layout, plant=False)
     n, c, h, w = x.shape
     a, s = small(n, c, torch.float32, 1, True), small(n, h * w, torch.float32, 2, True)
     gy = make_x(tuple(x.shape), torch.float32, layout, seed=5, plant=False)

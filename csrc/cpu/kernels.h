@@ -275,6 +275,87 @@ inline int64_t grain_for(int64_t elems_per_item) {  // ~32K elements per task
   return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, elems_per_item));
 }
 
+// Rows at most this long are pooled with lanes = rows (reduce_rows_as_lanes): per-row horizontal
+// folds would cost as much as the row itself.
+constexpr int64_t kShortRowVecs = 16;
+
+// Row tiles of L rows pooled together: their argmax chains are independent, which hides the
+// latency of one compare-and-blend chain per tile.
+constexpr int64_t kRowTiles = 2;
+
+// Sum and argmax of `rows` <= kRowTiles * L contiguous rows of `len` elements (row r at x + r * len),
+// with lanes = rows of a tile: L x L blocks are transposed through an L1 buffer and fed column by
+// column, so each row is reduced in position order and nothing is folded across lanes.
+// v = x * scale[position] (scale == nullptr: x itself). Results go to first_out .. + rows - 1.
+template <typename T>
+void reduce_rows_as_lanes(const T* x, const acc_t<T>* scale, int64_t len, int64_t rows, int64_t first_out,
+                          acc_t<T>* mean, acc_t<T>* max, int32_t* argmax, int32_t* count) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  alignas(64) T tile[kRowTiles][L * L];  // tile[t][j * L + i] = x[row t * L + i, column k + j]
+  Vec<A> vsum[kRowTiles];
+  VecArgMax<A> tr[kRowTiles];
+  for (int64_t t = 0; t < kRowTiles; ++t) vsum[t] = Vec<A>(0);
+  for (int64_t k = 0; k < len; k += L) {
+    const int64_t cols = std::min(L, len - k);
+    for (int64_t t = 0; t < kRowTiles; ++t) {
+      const int64_t tile_rows = std::clamp<int64_t>(rows - t * L, 0, L);
+      const T* src = x + t * L * len + k;
+      if (tile_rows == L && cols == L) {
+        at::vec::transpose_mxn<T, L, L>(src, len, tile[t], L);
+      } else {  // edge tile: missing rows are zeros, columns past `cols` are not fed
+        std::fill(tile[t], tile[t] + L * L, T(0));
+        for (int64_t i = 0; i < tile_rows; ++i) {
+          for (int64_t j = 0; j < cols; ++j) tile[t][j * L + i] = src[i * len + j];
+        }
+      }
+    }
+    for (int64_t j = 0; j < cols; ++j) {
+      const Vec<A> at(static_cast<A>(k + j));
+      for (int64_t t = 0; t < kRowTiles; ++t) {
+        Vec<A> v = Io<T>::load(tile[t] + j * L);
+        if (scale) v = v * Vec<A>(scale[k + j]);
+        vsum[t] = vsum[t] + v;
+        tr[t].feed(k + j == 0, v, at);
+      }
+    }
+  }
+  for (int64_t t = 0; t * L < rows; ++t) {
+    write_lanes(tr[t], vsum[t], len, first_out + t * L, std::min(L, rows - t * L), mean, max, argmax, count);
+  }
+}
+
+// Pools every contiguous row of x viewed as [groups, rows_per_group, len] (scale: [groups, len] or
+// nullptr) into [groups * rows_per_group] outputs. Work items are fixed blocks of rows inside one
+// group, so results do not depend on the thread count.
+template <typename T>
+void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_per_group, int64_t len,
+               acc_t<T>* mean, acc_t<T>* max, int32_t* argmax, int32_t* count) {
+  using A = acc_t<T>;
+  constexpr int64_t L = Vec<A>::size();
+  if (len <= kShortRowVecs * L) {
+    constexpr int64_t kRows = kRowTiles * L;
+    const int64_t blocks = (rows_per_group + kRows - 1) / kRows;
+    at::parallel_for(0, groups * blocks, grain_for(kRows * len), [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t g = item / blocks, r0 = (item % blocks) * kRows;
+        const int64_t first = g * rows_per_group + r0;
+        reduce_rows_as_lanes<T>(x + first * len, scale ? scale + g * len : nullptr, len,
+                                std::min(kRows, rows_per_group - r0), first, mean, max, argmax, count);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, groups * rows_per_group, grain_for(len), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      A sum;
+      ArgMax<A> st;
+      reduce_row<T>(x + r * len, scale ? scale + (r / rows_per_group) * len : nullptr, len, sum, st);
+      write_pool(st, sum, len, r, mean, max, argmax, count);
+    }
+  });
+}
+
 // ------------------------------------------------------------------------------------ pool_hw
 // Reads x once (|x|); writes four [N,C] arrays.
 template <typename T, Layout kLayout>
@@ -286,14 +367,7 @@ void pool_hw(const PoolHwArgs& args) {
   A* avg = static_cast<A*>(args.avg);
   A* mx = static_cast<A*>(args.max);
   if constexpr (kLayout == Layout::NCHW) {  // one contiguous row of P pixels per (n, c)
-    at::parallel_for(0, N * C, grain_for(P), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        A sum;
-        ArgMax<A> st;
-        reduce_row<T>(x + r * P, nullptr, P, sum, st);
-        write_pool(st, sum, P, r, avg, mx, args.argmax, args.count);
-      }
-    });
+    pool_rows<T>(x, nullptr, 1, N * C, P, avg, mx, args.argmax, args.count);
   } else {  // per (n, block of channels): walk the pixels, lanes are channels
     constexpr int64_t kBlock = 256;
     constexpr int64_t kVecs = kBlock / L;
@@ -342,7 +416,8 @@ void pool_c(const PoolCArgs& args) {
   A* mean = static_cast<A*>(args.mean);
   A* mx = static_cast<A*>(args.max);
   if constexpr (kLayout == Layout::NCHW) {  // per (n, pixel block): walk the channels, lanes are pixels
-    constexpr int64_t kBlock = kNchwPixelBlock;
+    // pixels are independent here (no partial sums), so a small block only adds parallelism
+    constexpr int64_t kBlock = 128;
     constexpr int64_t kVecs = kBlock / L;
     const int64_t blocks = (P + kBlock - 1) / kBlock;
     at::parallel_for(0, N * blocks, grain_for(C * kBlock), [&](int64_t begin, int64_t end) {
@@ -377,15 +452,8 @@ void pool_c(const PoolCArgs& args) {
         }
       }
     });
-  } else {  // one contiguous row of C channels per (n, p)
-    at::parallel_for(0, N * P, grain_for(C), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        A sum;
-        ArgMax<A> st;
-        reduce_row<T>(x + r * C, a ? a + (r / P) * C : nullptr, C, sum, st);
-        write_pool(st, sum, C, r, mean, mx, args.argmax, args.count);
-      }
-    });
+  } else {  // one contiguous row of C channels per (n, p), scaled by a[n]
+    pool_rows<T>(x, a, a ? N : 1, a ? P : N * P, C, mean, mx, args.argmax, args.count);
   }
 }
 
