@@ -318,10 +318,19 @@ def case_more_than_2_24_pixels(backend):
     dev = _device(backend)
     x, wt = _x((1, 1, 4097, 4097), device=dev), _weights(1, device=dev)
     try:
-        _match_ref(x, wt, backend, atol=1e-4, rtol=1e-3)
+        (y, grads), (y_ref, grads_ref) = _both(x, wt, backend)
     except (RuntimeError, ValueError) as e:
         if not any(w in str(e).lower() for w in ("pixels", "channels")):
             raise
+        return
+    # fp32 sums over 16.8M pixels: judge both against the fp64 reference, the fused error at most
+    # twice the fp32 reference's own error (plus a small tolerance)
+    _, (y64, grads64) = _both(x.double(), {k: v.double() for k, v in wt.items()}, "torch")
+    for i, (g, gr, g64) in enumerate(zip((y, *grads), (y_ref, *grads_ref), (y64, *grads64))):
+        err = (g.double() - g64).abs().max().item()
+        err_ref = (gr.double() - g64).abs().max().item()
+        scale = g64.abs().max().item()
+        assert err <= 2 * err_ref + 1e-4 * max(1.0, scale), f"output/grad {i}: error {err:.3g} vs reference {err_ref:.3g}"
 
 
 def case_unknown_gate(backend):
