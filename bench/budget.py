@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .measure import time_fn
+from .measure import time_interleaved
 
 MODES = ("forward", "forward+backward")
 
@@ -34,10 +34,10 @@ def plain_passes(x: torch.Tensor, repeats: int, warmup: int) -> dict:
     """
     a = torch.rand(x.shape[0], x.shape[1], 1, 1, dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        clone = time_fn(lambda: x.clone(), x.device, repeats, warmup)
-        read = time_fn(lambda: x.sum((2, 3)), x.device, repeats, warmup)
-        read_write = time_fn(lambda: x * a, x.device, repeats, warmup)
-    out = {"clone_s": clone.median_s, "read_s": read.median_s, "read_write_s": read_write.median_s}
+        t = time_interleaved({"clone": lambda: x.clone(), "read": lambda: x.sum((2, 3)),
+                              "read_write": lambda: x * a}, x.device, repeats, warmup)
+    out = {"clone_s": t["clone"].median_s, "read_s": t["read"].median_s, "read_write_s": t["read_write"].median_s}
+    read, read_write = t["read"], t["read_write"]
     for mode, (reads, read_writes) in ROOF_PLAN.items():
         out[f"roof_{mode}_s"] = reads * read.median_s + read_writes * read_write.median_s
     return out

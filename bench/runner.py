@@ -15,7 +15,7 @@ import cbam_fused
 from cbam_fused import reference
 
 from . import budget
-from .measure import peak_memory, saved_bytes, time_fn
+from .measure import peak_memory, saved_bytes, time_interleaved
 
 # Targets of the foundation issue (issue 2), checked per fused row; ratios, not measurements.
 TARGETS = {
@@ -92,7 +92,11 @@ def _step_fns(mod: nn.Module, x: torch.Tensor, gy: torch.Tensor, mode: str):
 
 
 def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], None]) -> tuple[dict, list[dict]]:
-    """All impls and modes at one (dtype, shape): returns (plain-pass baselines, result rows)."""
+    """All impls and modes at one (dtype, shape): returns (plain-pass baselines, result rows).
+
+    Per mode: every impl is built and called once (torch.compile compiles then), then all are timed
+    in interleaved rounds, then their saved bytes and peak memory are measured.
+    """
     n, c, h, w = shape
     torch.manual_seed(cfg.seed)
     ref = reference.CBAM(c, cfg.reduction, cfg.kernel_size).to(device=cfg.device, dtype=dtype)
@@ -104,56 +108,84 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
             **budget.plain_passes(x, cfg.repeats, cfg.warmup)}
     rows = []
     for mode in cfg.modes:
-        expected = None
-        mode_rows = []
+        mode_rows, ready = [], {}
         for impl in cfg.impls:
             on_step(f"{dtype_name(dtype)} {tuple(shape)} {mode} {impl.name}")
             row = {"shape": list(shape), "dtype": dtype_name(dtype), "mode": mode, "impl": impl.name,
                    "kind": impl.kind, "backend": impl.backend, "x_bytes": x_bytes}
-            try:
-                row.update(_measure(impl, ref, cfg, x, gy, mode, c))
-            except Exception as e:  # a broken backend is reported, the sweep goes on
-                row["error"] = f"{type(e).__name__}: {e}"
-                row["traceback"] = traceback.format_exc(limit=4)
-                mode_rows.append(row)
-                continue
-            out = row.pop("_out")
-            if impl.kind == "eager":
-                expected = out
-            elif expected is not None:
-                row["max_abs_diff_vs_eager"] = (out.float() - expected.float()).abs().max().item()
-            del out
             mode_rows.append(row)
+            try:
+                ready[impl.name] = _prepare(impl, ref, cfg, x, gy, mode, c, row)
+            except Exception as e:  # a broken backend is reported, the sweep goes on
+                _record_error(row, e)
+        _compare_outputs(mode_rows, ready)
+        try:
+            timings = time_interleaved({name: r["step"] for name, r in ready.items()}, cfg.device,
+                                       cfg.repeats, cfg.warmup)
+        except Exception as e:
+            for row in mode_rows:
+                if row["impl"] in ready:
+                    _record_error(row, e)
+            timings = {}
+        for row in mode_rows:
+            if row["impl"] in timings:
+                t = timings[row["impl"]]
+                row.update(time_s=t.median_s, iqr_s=t.iqr_s, samples=t.samples, calls_per_sample=t.calls_per_sample)
+                _memory(ready[row["impl"]], x, mode, cfg.device, row)
         _derive(mode_rows, base, mode)
         rows += mode_rows
     return base, rows
 
 
-def _measure(impl: Impl, ref: nn.Module, cfg: Config, x, gy, mode: str, channels: int) -> dict:
+def _record_error(row: dict, e: Exception) -> None:
+    row["error"] = f"{type(e).__name__}: {e}"
+    row["traceback"] = traceback.format_exc(limit=4)
+
+
+def _prepare(impl: Impl, ref: nn.Module, cfg: Config, x, gy, mode: str, channels: int, row: dict) -> dict:
+    """Build the module and call it once (for torch.compile: compile); returns its step and output."""
     mod = _module(impl, ref, cfg, channels)
     step, output = _step_fns(mod, x, gy, mode)
-    dynamo_counters.clear()
+    graphs0, breaks0 = _dynamo_graphs()
     start = time.perf_counter()
-    out = output()  # for torch.compile this first call compiles
-    first_call_s = time.perf_counter() - start
-    compiled = {"graphs": dynamo_counters["stats"]["unique_graphs"],
-                "graph_breaks": sum(dynamo_counters["graph_break"].values())}
-    timing = time_fn(step, cfg.device, cfg.repeats, cfg.warmup)
-    row = {"time_s": timing.median_s, "iqr_s": timing.iqr_s, "samples": timing.samples,
-           "calls_per_sample": timing.calls_per_sample, "_out": out.detach()}
+    out = output().detach()
+    ready = {"impl": impl, "mod": mod, "step": step, "out": out}
     if impl.kind == "compile":
-        # one graph and no breaks means the timed calls ran compiled code, not an eager fallback
-        row.update(compile_s=first_call_s, compile_graphs=compiled["graphs"],
-                   compile_graph_breaks=compiled["graph_breaks"],
-                   compile_recompiles=dynamo_counters["stats"]["unique_graphs"] - compiled["graphs"])
+        # one graph and no breaks means the timed calls run compiled code, not an eager fallback
+        graphs, breaks = _dynamo_graphs()
+        row.update(compile_s=time.perf_counter() - start, compile_graphs=graphs - graphs0,
+                   compile_graph_breaks=breaks - breaks0)
+        ready["graphs_after_compile"] = graphs
+    return ready
+
+
+def _dynamo_graphs() -> tuple[int, int]:
+    return dynamo_counters["stats"]["unique_graphs"], sum(dynamo_counters["graph_break"].values())
+
+
+def _compare_outputs(rows: list[dict], ready: dict) -> None:
+    """Max |difference| of each output (forward) or gradient of x (forward+backward) against eager."""
+    expected = ready.get("eager", {}).get("out")
+    for row in rows:
+        r = ready.get(row["impl"])
+        if r is not None and expected is not None and row["impl"] != "eager":
+            row["max_abs_diff_vs_eager"] = (r["out"].float() - expected.float()).abs().max().item()
+    for r in ready.values():
+        r.pop("out")
+
+
+def _memory(ready: dict, x, mode: str, device, row: dict) -> None:
+    """Saved-for-backward bytes (forward+backward) and CUDA peak memory of one prepared impl."""
+    mod = ready["mod"]
+    if ready["impl"].kind == "compile":
+        row["compile_recompiles"] = _dynamo_graphs()[0] - ready["graphs_after_compile"]
     if mode == "forward+backward":
         try:
             xg = x.detach().requires_grad_(True)
             row["saved_bytes"] = saved_bytes(lambda: mod(xg), exclude=list(mod.parameters()))
         except Exception as e:  # e.g. hooks not traceable by a compiler
             row["saved_bytes_error"] = f"{type(e).__name__}: {e}"
-    row["peak_memory_bytes"] = peak_memory(step, cfg.device)
-    return row
+    row["peak_memory_bytes"] = peak_memory(ready["step"], device)
 
 
 def _derive(rows: list[dict], base: dict, mode: str) -> None:
