@@ -1,7 +1,7 @@
 """Shared fixtures: the backends every correctness test runs on, and the reference oracle.
 
 Backends: "cpu" (C++ kernels), "triton" (under TRITON_INTERPRET=1 without a GPU), "cudaemu" (the CUDA
-kernels run on the CPU by ../shared/tools/cudacpu, see tests/cudaemu.py), "cuda" (a real GPU) and
+kernels run on the CPU by the emulator in third_party/cudacpu, see tests/cudaemu.py), "cuda" (a real GPU) and
 "spec" (the pure-torch pass spec, which tests the orchestration on its own).
 
 Under CI=true a backend that should run here but cannot (no emulator, no interpreter) fails instead

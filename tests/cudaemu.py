@@ -6,7 +6,7 @@ drives the emulated kernels exactly as it drives the compiled ones.
 
 The library is built with ``cucc`` from tests/cudaemu/emu_shim.cu, whose ``extern "C"`` entry points
 call the same launchers as the ATen glue, into build/cudaemu/ (cached by a hash of the sources and
-the compiler). The emulator is found at ``$CUDACPU_HOME`` or ../shared/tools/cudacpu from the repo.
+the compiler). The emulator is the project's own copy in third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
 """
 from __future__ import annotations
 
@@ -32,10 +32,18 @@ _REASON = None
 _TRIED = False
 
 
-def emulator_home() -> Path | None:
-    """$CUDACPU_HOME when set (and only it), else ../shared/tools/cudacpu next to the checkout."""
+EMULATOR_DIR = ROOT / "third_party" / "cudacpu"
+
+
+def emulator_dir() -> Path:
+    """Where the emulator should be: $CUDACPU_HOME when set (and only it), else third_party/cudacpu."""
     env = os.environ.get("CUDACPU_HOME")
-    home = Path(env) if env else ROOT.parent / "shared" / "tools" / "cudacpu"
+    return Path(env) if env else EMULATOR_DIR
+
+
+def emulator_home() -> Path | None:
+    """The emulator's folder if it holds a ``cucc``, else None."""
+    home = emulator_dir()
     return home if (home / "cucc").is_file() else None
 
 
@@ -55,8 +63,8 @@ def build(extra_flags: tuple[str, ...] = EMU_FLAGS, source: Path | None = None, 
     """Compile ``source`` (default: the shim) with cucc; cached by a hash of inputs. Raises on failure."""
     home = emulator_home()
     if home is None:
-        where = os.environ.get("CUDACPU_HOME") or ROOT.parent / "shared" / "tools" / "cudacpu"
-        raise FileNotFoundError(f"the cudacpu emulator was not found: no cucc in {where} (set $CUDACPU_HOME)")
+        raise FileNotFoundError(f"the cudacpu emulator was not found: no cucc in {emulator_dir()} "
+                                "(set $CUDACPU_HOME)")
     source = source or SOURCES[-1]
     sources = sorted(set(SOURCES + [source]))
     cmd_tail = [*extra_flags, "-I" + str(ROOT / "csrc"), *torch_includes(), str(source)]
