@@ -98,6 +98,12 @@ def _register_pass_fakes() -> None:
                                              small(x, False) if want_s else x.new_empty(0, dtype=acc_dtype(x.dtype))))
     torch.library.register_fake(lib + "pool_c_grad_a")(lambda x, a, u, v, argmax, mx, split: small(x, True))
     torch.library.register_fake(lib + "input_grad")(lambda gy, *rest: torch.empty_like(_dense(gy)))
+    torch.library.register_fake(lib + "spatial_conv")(
+        lambda in0, in1, weight, bias, h, w: in0.new_empty(in0.shape))
+    torch.library.register_fake(lib + "spatial_conv_backward")(
+        lambda grad_out, in0, in1, weight, has_bias, h, w: (
+            in0.new_empty(in0.shape), in0.new_empty(in0.shape), weight.new_empty(weight.shape),
+            weight.new_empty(1 if has_bias else 0)))
 
 
 # backend name -> passes object; the "torch" backend is the eager composite below, not a pass set

@@ -1,4 +1,5 @@
-"""The six full-size passes every backend implements, and their executable specification.
+"""The six full-size passes every backend implements, and their executable specification (plus the
+spatial gate's small convolution, which the C++ and CUDA backends also implement as kernels).
 
 The fused ops (``cbam_fused.ops``) split CBAM into passes over the big tensors and small steps on
 pooled vectors. Only the passes are backend-specific: C++ for the CPU, CUDA, Triton. This module is
@@ -28,7 +29,10 @@ x / writes y in ``apply_gates`` (4|x|); backward reads gy and x in ``gate_grads`
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from .small_steps import conv_weight_grad
 
 __all__ = ["acc_dtype", "TorchPasses"]
 
@@ -129,6 +133,32 @@ class TorchPasses:
         if u_hw is not None:
             g = g + u_hw[:, :, None] + _tie_over_hw(xf, argmax_hw, max_hw, split, p) * v_hw[:, :, None]
         return _fresh(g.to(gy.dtype).reshape(gy.shape), gy)
+
+    # The spatial gate's convolution (csrc/pass_args.h, SpatialConvArgs): the planes in0, in1 and
+    # grad_out are acc-typed [N, h*w], weight is [1, 2, K, K] (K odd), bias [1] or None.
+    def spatial_conv(self, in0: Tensor, in1: Tensor, weight: Tensor, bias: Tensor | None, h: int, w: int) -> Tensor:
+        """``conv2d([in0, in1], weight, bias, padding=K // 2)`` as ``[N, h*w]``."""
+        q = torch.stack((in0, in1), dim=1).reshape(in0.shape[0], 2, h, w)
+        return F.conv2d(q, weight, bias, padding=weight.shape[-1] // 2).reshape(in0.shape[0], h * w)
+
+    def spatial_conv_backward(
+        self, grad_out: Tensor, in0: Tensor, in1: Tensor, weight: Tensor, has_bias: bool, h: int, w: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(grad_in0, grad_in1, grad_weight, grad_bias)``; grad_bias is ``[1]`` if has_bias, else empty.
+
+        The input gradient is the transposed convolution (as conv2d's autograd: taps outside grad_out
+        are skipped, so an infinite weight makes no NaN at the border); the weight gradient is
+        ``small_steps.conv_weight_grad`` (banded, with a float64 fold).
+        """
+        n, k = in0.shape[0], weight.shape[-1]
+        gc = grad_out.reshape(n, 1, h, w)
+        gq = F.conv_transpose2d(gc, weight, padding=k // 2).reshape(n, 2, h * w)
+        if n == 0:  # no pixels: zero weight gradients (the banded sum needs a pixel row)
+            gw = torch.zeros_like(weight)
+        else:
+            gw = conv_weight_grad(torch.stack((in0, in1), dim=1).reshape(n, 2, h, w), gc, k)
+        gb = grad_out.sum().reshape(1) if has_bias else grad_out.new_empty(0)
+        return gq[:, 0].contiguous(), gq[:, 1].contiguous(), gw, gb
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:

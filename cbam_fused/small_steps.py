@@ -208,7 +208,7 @@ def spatial_logits(wt: SpatialWeights, q_mean: Tensor, q_max: Tensor, shape) -> 
 _WEIGHT_GRAD_TERMS = 1 << 16
 
 
-def _conv_weight_grad(q: Tensor, gc: Tensor, k: int) -> Tensor:
+def conv_weight_grad(q: Tensor, gc: Tensor, k: int) -> Tensor:
     """Gradient of the KxK conv's weight, ``[1, 2, K, K]``, as convolutions of q with gc.
 
     The pixels are cut into bands of rows so that each convolution sums at most ``_WEIGHT_GRAD_TERMS``
@@ -254,7 +254,7 @@ def spatial_logits_backward(wt: SpatialWeights, q_mean, q_max, shape, bn_stats, 
     # for that shape on the CPU (measured 4-8x slower), so both gradients are written as convolutions.
     k = wt.conv_w.shape[-1]
     gq = F.conv2d(gc, wt.conv_w.flip(-1, -2).transpose(0, 1), padding=k // 2)  # [N, 2, H, W]
-    gw = _conv_weight_grad(q, gc, k)
+    gw = conv_weight_grad(q, gc, k)
     gb = gc.sum().reshape(1) if wt.conv_b is not None else None
     g0, g1 = gq[:, 0].reshape(n, -1), gq[:, 1].reshape(n, -1)
     g_mean, g_max = (g0, g1) if wt.order == "mean_max" else (g1, g0)

@@ -15,6 +15,11 @@ TORCH_LIBRARY(cbam_fused, m) {
   m.def("pool_c_grad_a(Tensor x, Tensor a, Tensor u, Tensor v, Tensor argmax, Tensor max, bool split) -> Tensor");
   m.def("input_grad(Tensor gy, Tensor? x, Tensor? a, Tensor? s, Tensor? u_c, Tensor? v_c, Tensor? argmax_c, "
         "Tensor? max_c, Tensor? u_hw, Tensor? v_hw, Tensor? argmax_hw, Tensor? max_hw, bool split) -> Tensor");
+  // The spatial gate's KxK convolution of two acc-typed planes [N, h*w] into one (csrc/pass_args.h,
+  // SpatialConvArgs), and its gradients; grad_bias is [1] if has_bias, else empty.
+  m.def("spatial_conv(Tensor in0, Tensor in1, Tensor weight, Tensor? bias, int h, int w) -> Tensor");
+  m.def("spatial_conv_backward(Tensor grad_out, Tensor in0, Tensor in1, Tensor weight, bool has_bias, int h, "
+        "int w) -> (Tensor grad_in0, Tensor grad_in1, Tensor grad_weight, Tensor grad_bias)");
 }
 
 #ifdef CBAM_FUSED_PYTHON_MODULE

@@ -13,6 +13,8 @@
 
 #include "cpu/dispatch.h"
 #include "cpu/isa_guard.h"
+#include "cpu/spatial_conv.h"
+#include "spatial_conv_checks.h"
 
 namespace cbam_fused::cpu {
 namespace {
@@ -311,6 +313,53 @@ Tensor input_grad(const Tensor& gy, const OptTensor& x, const OptTensor& a, cons
   return gx;
 }
 
+Tensor spatial_conv(const Tensor& in0, const Tensor& in1, const Tensor& weight, const OptTensor& bias, int64_t h,
+                    int64_t w) {
+  const ConvOperands c =
+      check_conv_operands("spatial_conv", c10::DeviceType::CPU, in0, in1, weight, bias, nullptr, h, w);
+  Tensor out = at::empty({c.n, h * w}, c.in0.options());
+  const SpatialConvArgs args{c.n,
+                             c.h,
+                             c.w,
+                             c.k,
+                             c.f64,
+                             c.in0.data_ptr(),
+                             c.in1.data_ptr(),
+                             c.weight.data_ptr(),
+                             c.bias.defined() ? c.bias.data_ptr() : nullptr,
+                             out.data_ptr()};
+  TORCH_CHECK(spatial_conv_cpu(args, nullptr) == 0, "cbam_fused::spatial_conv: invalid arguments");
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> spatial_conv_backward(const Tensor& grad_out, const Tensor& in0,
+                                                                 const Tensor& in1, const Tensor& weight,
+                                                                 bool has_bias, int64_t h, int64_t w) {
+  const ConvOperands c = check_conv_operands("spatial_conv_backward", c10::DeviceType::CPU, in0, in1, weight,
+                                             std::nullopt, &grad_out, h, w);
+  Tensor g0 = at::empty({c.n, h * w}, c.in0.options()), g1 = at::empty({c.n, h * w}, c.in0.options());
+  Tensor gw = at::empty(c.weight.sizes(), c.weight.options());
+  Tensor gb = at::empty({has_bias ? 1 : 0}, c.weight.options());
+  Tensor ws = at::empty({static_cast<int64_t>(spatial_conv_grad_workspace_cpu(c.n, c.h, c.w, c.k, c.f64))},
+                        c.in0.options().dtype(at::kByte));
+  const SpatialConvGradArgs args{c.n,
+                                 c.h,
+                                 c.w,
+                                 c.k,
+                                 c.f64,
+                                 c.in0.data_ptr(),
+                                 c.in1.data_ptr(),
+                                 c.weight.data_ptr(),
+                                 c.grad_out.data_ptr(),
+                                 g0.data_ptr(),
+                                 g1.data_ptr(),
+                                 gw.data_ptr(),
+                                 has_bias ? gb.data_ptr() : nullptr,
+                                 ws.data_ptr()};
+  TORCH_CHECK(spatial_conv_grad_cpu(args, nullptr) == 0, "cbam_fused::spatial_conv_backward: invalid arguments");
+  return {g0, g1, gw, gb};
+}
+
 // Which kernel build runs, and on how many threads (for tests and benchmarks).
 std::string cpu_info() {
   return std::string("isa=") + isa_name(kernels().isa) + " threads=" + std::to_string(at::get_num_threads());
@@ -329,6 +378,8 @@ TORCH_LIBRARY_IMPL(cbam_fused, CPU, m) {
   m.impl("gate_grads", &gate_grads);
   m.impl("pool_c_grad_a", &pool_c_grad_a);
   m.impl("input_grad", &input_grad);
+  m.impl("spatial_conv", &spatial_conv);
+  m.impl("spatial_conv_backward", &spatial_conv_backward);
 }
 
 }  // namespace cbam_fused::cpu
