@@ -5,8 +5,10 @@ pass set "cudaemu" to ``cbam_fused.ops`` so that the shared orchestration (pass 
 drives the emulated kernels exactly as it drives the compiled ones.
 
 The library is built with ``cucc`` from tests/cudaemu/emu_shim.cu, whose ``extern "C"`` entry points
-call the same launchers as the ATen glue, into build/cudaemu/ (cached by a hash of the sources and
-the compiler). The emulator is the project's own copy in third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
+call through the CUDA PassTable that the ATen glue calls (csrc/cuda/pass_table.cuh), into
+build/cudaemu/ (cached by a hash of the sources and the compiler). ``pass_table_address()`` gives the
+table itself (a ``const cbam_fused::PassTable*``). The emulator is the project's own copy in
+third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
 """
 from __future__ import annotations
 
@@ -23,9 +25,13 @@ from cbam_fused import ops
 from cbam_fused.passes import acc_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "csrc" / "cuda" / "passes.cuh", ROOT / "tests" / "cudaemu" / "emu_shim.cu"]
+SOURCES = [ROOT / "csrc" / "pass_args.h", ROOT / "csrc" / "cuda" / "passes.cuh",
+           ROOT / "csrc" / "cuda" / "pass_table.cuh", ROOT / "tests" / "cudaemu" / "emu_shim.cu"]
 BUILD_DIR = ROOT / "build" / "cudaemu"
-DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+# csrc/pass_args.h: DType, Layout and Pass numbering
+DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+NCHW, NHWC = 0, 1
+POOL_HW, POOL_C, APPLY_GATES, GATE_GRADS, POOL_C_GRAD_A, INPUT_GRAD = range(6)
 
 _LIB = None
 _REASON = None
@@ -112,33 +118,46 @@ def unavailable_reason() -> str | None:
 
 def _declare(lib):
     L, I, V = ctypes.c_longlong, ctypes.c_int, ctypes.c_void_p
+    G = [I, I, L, L, L]  # dtype, layout, n, c, p
     sig = {
-        "pool_workspace": (L, [I, L, L, L, I, I, L]),
-        "gate_grads_workspace": (L, [I, L, L, L, I, L]),
-        "pool_c_grad_a_workspace": (L, [I, L, L, L, I, L]),
-        "pool_hw": (I, [I, V, L, L, L, I, V, V, V, V, V, L]),
-        "pool_c": (I, [I, V, V, L, L, L, I, V, V, V, V, V, L]),
-        "apply_gates": (I, [I, V, V, V, L, L, L, I, V]),
-        "gate_grads": (I, [I, V, V, V, V, L, L, L, I, V, V, V, L]),
-        "pool_c_grad_a": (I, [I, V, V, V, V, V, V, I, L, L, L, I, V, V, L]),
-        "input_grad": (I, [I, V, V, V, V, V, V, V, V, V, V, V, V, I, L, L, L, I, V]),
+        "pass_table": (V, []),
+        "set_reduce_rows": (None, [L]),
+        "workspace": (L, [I, *G]),
+        "pool_hw": (I, [*G, V, V, V, V, V, V]),
+        "pool_c": (I, [*G, V, V, V, V, V, V, V]),
+        "apply_gates": (I, [*G, V, V, V, V]),
+        "gate_grads": (I, [*G, V, V, V, V, V, V, V]),
+        "pool_c_grad_a": (I, [*G, V, V, V, V, V, V, V, V]),
+        "input_grad": (I, [*G, *[V] * 12, I, V]),
+        "error_string": (ctypes.c_char_p, [I]),
     }
     for name, (res, args) in sig.items():
         fn = getattr(lib, "cbam_emu_" + name)
         fn.restype, fn.argtypes = res, args
 
 
+def pass_table_address() -> int:
+    """Address of the emulated CUDA PassTable (``const cbam_fused::PassTable*``), for C++ callers."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(_REASON)
+    return lib.cbam_emu_pass_table()
+
+
 def _ptr(t):
     return None if t is None else t.data_ptr()
 
 
-def _layout(x) -> tuple[bool, tuple[int, int, int]]:
+def _geometry(x) -> tuple[int, int, int, int, int]:
+    """(dtype, layout, n, c, p) of a full-size operand, as csrc/pass_args.h's Geometry."""
     n, c, h, w = x.shape
     if x.is_contiguous():
-        return False, (n, c, h * w)
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return True, (n, c, h * w)
-    raise ValueError("the CUDA passes need an NCHW-contiguous or channels_last-contiguous tensor")
+        layout = NCHW
+    elif x.is_contiguous(memory_format=torch.channels_last):
+        layout = NHWC
+    else:
+        raise ValueError("the CUDA passes need an NCHW-contiguous or channels_last-contiguous tensor")
+    return DTYPE_CODE[x.dtype], layout, n, c, h * w
 
 
 def _small(t, x, shape, name, dtype=None):
@@ -151,15 +170,15 @@ def _small(t, x, shape, name, dtype=None):
     return t.contiguous()
 
 
-def _check(rc, what):
-    if rc != 0:
-        raise RuntimeError(f"emulated CUDA launch of {what} failed with cudaError_t {rc}")
+def _tie(argmax, mx, split):
+    """The tie operand of the style (csrc/pass_args.h, TieOperand): argmax, or max for split-style ties."""
+    return (None, _ptr(mx)) if split else (_ptr(argmax), None)
 
 
 class EmuPasses:
     """The pass contract on CPU tensors, computed by the emulated CUDA kernels.
 
-    ``rows`` is the reduction tile height (0: the launcher's choice); tests use small values to force
+    ``rows`` is the reduction tile height (0: the launchers' choice); tests use small values to force
     several blocks per reduction on small shapes.
     """
 
@@ -171,25 +190,31 @@ class EmuPasses:
             raise RuntimeError(_REASON)
         self.rows = rows
 
-    def _ws(self, nbytes):
-        return torch.empty(int(nbytes), dtype=torch.uint8)
+    def _check(self, rc, what):
+        if rc != 0:
+            msg = self.lib.cbam_emu_error_string(rc).decode()
+            raise RuntimeError(f"emulated CUDA launch of {what} failed with cudaError_t {rc} ({msg})")
+
+    def _ws(self, pass_id, geo):
+        self.lib.cbam_emu_set_reduce_rows(self.rows)  # workspace size and launch use the same tiles
+        return torch.empty(int(self.lib.cbam_emu_workspace(pass_id, *geo)), dtype=torch.uint8)
 
     def _pools(self, x, per_channel, a):
-        cl, (n, c, p) = _layout(x)
+        geo = _geometry(x)
+        n, c, p = geo[2:]
         acc = acc_dtype(x.dtype)
         size = (n, c) if per_channel else (n, p)
         mean, mx = torch.empty(size, dtype=acc), torch.empty(size, dtype=acc)
         arg, cnt = torch.empty(size, dtype=torch.int32), torch.empty(size, dtype=torch.int32)
-        d = DTYPE_CODE[x.dtype]
-        ws = self._ws(self.lib.cbam_emu_pool_workspace(d, n, c, p, cl, per_channel, self.rows))
+        outs = (mean.data_ptr(), mx.data_ptr(), arg.data_ptr(), cnt.data_ptr())
         if per_channel:
-            rc = self.lib.cbam_emu_pool_hw(d, x.data_ptr(), n, c, p, cl, mean.data_ptr(), mx.data_ptr(),
-                                           arg.data_ptr(), cnt.data_ptr(), ws.data_ptr(), self.rows)
+            ws = self._ws(POOL_HW, geo)
+            rc = self.lib.cbam_emu_pool_hw(*geo, x.data_ptr(), *outs, ws.data_ptr())
         else:
             a = _small(a, x, (n, c), "a")
-            rc = self.lib.cbam_emu_pool_c(d, x.data_ptr(), _ptr(a), n, c, p, cl, mean.data_ptr(), mx.data_ptr(),
-                                          arg.data_ptr(), cnt.data_ptr(), ws.data_ptr(), self.rows)
-        _check(rc, "pool_hw" if per_channel else "pool_c")
+            ws = self._ws(POOL_C, geo)
+            rc = self.lib.cbam_emu_pool_c(*geo, x.data_ptr(), _ptr(a), *outs, ws.data_ptr())
+        self._check(rc, "pool_hw" if per_channel else "pool_c")
         return mean, mx, arg, cnt
 
     def pool_hw(self, x):
@@ -199,44 +224,45 @@ class EmuPasses:
         return self._pools(x, False, a)
 
     def apply_gates(self, x, a, s):
-        cl, (n, c, p) = _layout(x)
+        geo = _geometry(x)
+        n, c, p = geo[2:]
         a, s = _small(a, x, (n, c), "a"), _small(s, x, (n, p), "s")
         y = torch.empty_like(x)
-        _check(self.lib.cbam_emu_apply_gates(DTYPE_CODE[x.dtype], x.data_ptr(), _ptr(a), _ptr(s), n, c, p, cl,
-                                             y.data_ptr()), "apply_gates")
+        self._check(self.lib.cbam_emu_apply_gates(*geo, x.data_ptr(), _ptr(a), _ptr(s), y.data_ptr()), "apply_gates")
         return y
 
     def gate_grads(self, gy, x, a, s, want_a, want_s):
-        cl, (n, c, p) = _layout(x)
-        if _layout(gy) != (cl, (n, c, p)) or gy.dtype != x.dtype:
+        geo = _geometry(x)
+        n, c, p = geo[2:]
+        if _geometry(gy) != geo:
             raise ValueError("gy must match x in shape, dtype and layout")
         a, s = _small(a, x, (n, c), "a"), _small(s, x, (n, p), "s")
         acc = acc_dtype(x.dtype)
         ga = torch.empty((n, c) if want_a else 0, dtype=acc)
         gs = torch.empty((n, p) if want_s else 0, dtype=acc)
-        d = DTYPE_CODE[x.dtype]
-        ws = self._ws(self.lib.cbam_emu_gate_grads_workspace(d, n, c, p, cl, self.rows))
-        _check(self.lib.cbam_emu_gate_grads(d, gy.data_ptr(), x.data_ptr(), _ptr(a), _ptr(s), n, c, p, cl,
-                                            ga.data_ptr() if want_a else None, gs.data_ptr() if want_s else None,
-                                            ws.data_ptr(), self.rows), "gate_grads")
+        ws = self._ws(GATE_GRADS, geo)
+        self._check(self.lib.cbam_emu_gate_grads(*geo, gy.data_ptr(), x.data_ptr(), _ptr(a), _ptr(s),
+                                                 ga.data_ptr() if want_a else None, gs.data_ptr() if want_s else None,
+                                                 ws.data_ptr()), "gate_grads")
         return ga, gs
 
     def pool_c_grad_a(self, x, a, u, v, argmax, mx, split):
-        cl, (n, c, p) = _layout(x)
+        geo = _geometry(x)
+        n, c, p = geo[2:]
         a = _small(a, x, (n, c), "a")
         u, v, mx = (_small(t, x, (n, p), nm) for t, nm in ((u, "u"), (v, "v"), (mx, "max")))
         argmax = _small(argmax, x, (n, p), "argmax", torch.int32)
         ga = torch.empty((n, c), dtype=acc_dtype(x.dtype))
-        d = DTYPE_CODE[x.dtype]
-        ws = self._ws(self.lib.cbam_emu_pool_c_grad_a_workspace(d, n, c, p, cl, self.rows))
-        _check(self.lib.cbam_emu_pool_c_grad_a(d, x.data_ptr(), a.data_ptr(), u.data_ptr(), v.data_ptr(),
-                                               argmax.data_ptr(), mx.data_ptr(), bool(split), n, c, p, cl,
-                                               ga.data_ptr(), ws.data_ptr(), self.rows), "pool_c_grad_a")
+        ws = self._ws(POOL_C_GRAD_A, geo)
+        self._check(self.lib.cbam_emu_pool_c_grad_a(*geo, x.data_ptr(), a.data_ptr(), u.data_ptr(), v.data_ptr(),
+                                                    *_tie(argmax, mx, split), ga.data_ptr(), ws.data_ptr()),
+                    "pool_c_grad_a")
         return ga
 
     def input_grad(self, gy, x, a, s, u_c, v_c, argmax_c, max_c, u_hw, v_hw, argmax_hw, max_hw, split):
-        cl, (n, c, p) = _layout(gy)
-        if split and (x is None or _layout(x) != (cl, (n, c, p))):
+        geo = _geometry(gy)
+        n, c, p = geo[2:]
+        if split and (x is None or _geometry(x) != geo):
             raise ValueError("split-style ties need x with gy's shape and layout")
         a, s = _small(a, gy, (n, c), "a"), _small(s, gy, (n, p), "s")
         u_c, v_c, max_c = (_small(t, gy, (n, p), nm) for t, nm in ((u_c, "u_c"), (v_c, "v_c"), (max_c, "max_c")))
@@ -245,10 +271,10 @@ class EmuPasses:
         argmax_c = _small(argmax_c, gy, (n, p), "argmax_c", torch.int32)
         argmax_hw = _small(argmax_hw, gy, (n, c), "argmax_hw", torch.int32)
         gx = torch.empty_like(gy)
-        _check(self.lib.cbam_emu_input_grad(
-            DTYPE_CODE[gy.dtype], gy.data_ptr(), _ptr(x) if split else None, _ptr(a), _ptr(s), _ptr(u_c), _ptr(v_c),
-            _ptr(argmax_c), _ptr(max_c), _ptr(u_hw), _ptr(v_hw), _ptr(argmax_hw), _ptr(max_hw), bool(split),
-            n, c, p, cl, gx.data_ptr()), "input_grad")
+        self._check(self.lib.cbam_emu_input_grad(
+            *geo, gy.data_ptr(), _ptr(x) if split else None, _ptr(a), _ptr(s),
+            _ptr(u_c), _ptr(v_c), *_tie(argmax_c, max_c, split),
+            _ptr(u_hw), _ptr(v_hw), *_tie(argmax_hw, max_hw, split), bool(split), gx.data_ptr()), "input_grad")
         return gx
 
 

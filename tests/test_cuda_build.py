@@ -1,7 +1,8 @@
 """ptxas resource usage of the CUDA kernels: no register spills and no local-memory stack frame.
 
-nvcc compiles the kernel translation unit (tests/cudaemu/emu_shim.cu: every launcher of
-csrc/cuda/passes.cuh instantiated for every dtype and layout, with no ATen) for sm_80, sm_90 and sm_120 with
+nvcc compiles the kernel translation unit (tests/cudaemu/emu_shim.cu: the CUDA PassTable of
+csrc/cuda/pass_table.cuh, so every launcher of passes.cuh instantiated for every dtype and layout, with
+no ATen) for sm_80, sm_90 and sm_120 with
 ``-Xptxas -v``; the same flags as the extension build. Skips without nvcc; under CI=true a missing
 nvcc is a failure.
 """
@@ -20,9 +21,11 @@ ARCHS = ("sm_80", "sm_90", "sm_120")  # ptxas register targets differ; sm_80 and
 # the extension build's nvcc defines (torch.utils.cpp_extension) so the code is the one that ships
 TORCH_NVCC_DEFINES = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                       "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
-MAIN_KERNELS = ("reduce_tiles", "map_tiles", "finish_sum", "finish_pool")
-# 4 dtypes x 2 layouts x (4 reductions + 2 elementwise passes), plus the finishing kernels
-MIN_TILE_KERNELS = 4 * 2 * 6
+# every kernel is named after its pass: <pass>_tiles, <pass>_finish
+MAIN_KERNELS = ("_tiles", "_finish")
+PASS_TILE_KERNELS = ("pool_hw_tiles", "pool_c_tiles", "gate_grads_tiles", "pool_c_grad_a_tiles", "apply_gates_tiles",
+                     "input_grad_tiles")
+TILE_INSTANCES = 4 * 2  # dtypes x layouts
 
 ENTRY = re.compile(r"Compiling entry function '(?P<name>[^']+)' for '(?P<arch>sm_\d+)'")
 FRAME = re.compile(r"(?P<stack>\d+) bytes stack frame, (?P<st>\d+) bytes spill stores, (?P<ld>\d+) bytes spill loads")
@@ -64,11 +67,11 @@ def demangled_kind(name):
 
 
 def test_parser_reads_spills():
-    sample = ("ptxas info    : Compiling entry function '_Z12reduce_tilesX' for 'sm_90'\n"
-              "ptxas info    : Function properties for _Z12reduce_tilesX\n"
+    sample = ("ptxas info    : Compiling entry function '_Z13pool_hw_tilesX' for 'sm_90'\n"
+              "ptxas info    : Function properties for _Z13pool_hw_tilesX\n"
               "    8 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n"
               "ptxas info    : Used 48 registers, used 1 barriers, 8 bytes cumulative stack size\n")
-    assert parse_ptxas(sample) == {("_Z12reduce_tilesX", "sm_90"): dict(stack=8, spill_stores=8, spill_loads=4,
+    assert parse_ptxas(sample) == {("_Z13pool_hw_tilesX", "sm_90"): dict(stack=8, spill_stores=8, spill_loads=4,
                                                                        registers=48)}
 
 
@@ -86,8 +89,9 @@ def test_no_spills_no_stack(tmp_path):
     assert proc.returncode == 0, f"nvcc failed:\n{proc.stderr[-5000:]}"
     usage = parse_ptxas(proc.stdout + proc.stderr)
     main = {k: v for k, v in usage.items() if demangled_kind(k[0])}
-    tiles = [k for k in main if demangled_kind(k[0]) in ("reduce_tiles", "map_tiles")]
-    assert len(tiles) >= MIN_TILE_KERNELS * len(ARCHS), f"expected every tile kernel, ptxas listed {sorted(usage)}"
+    for kernel in PASS_TILE_KERNELS:
+        found = [k for k in main if kernel in k[0]]
+        assert len(found) == TILE_INSTANCES * len(ARCHS), f"expected every {kernel}, ptxas listed {sorted(usage)}"
     bad = {k: v for k, v in main.items()
            if v.get("stack", 1) or v.get("spill_stores", 1) or v.get("spill_loads", 1)}
     assert not bad, "kernels with spills or a stack frame:\n" + "\n".join(f"{k}: {v}" for k, v in sorted(bad.items()))

@@ -1,9 +1,12 @@
 // CUDA kernels and launchers of the six full-size passes (cbam_fused/passes.py is the contract).
 //
-// This header is free of ATen runtime calls: launchers take raw pointers, sizes and a cudaStream_t
-// and return a cudaError_t, so the same code compiles with nvcc (glue: passes_cuda.cu) and with the
-// CPU emulator's cucc (tests/cudaemu/emu_shim.cu). Kernels are templated on the scalar type and the
-// layout only; optional operands (a, s, the gradient groups) and the tie style are runtime arguments.
+// This header is free of ATen runtime calls: launchers take a pass's argument struct (csrc/pass_args.h)
+// and a cudaStream_t and return a cudaError_t, so the same code compiles with nvcc (csrc/cuda/pass_table.cuh,
+// used by the glue passes_cuda.cu) and with the CPU emulator's cucc (tests/cudaemu/emu_shim.cu). Kernels
+// are templated on the scalar type and the layout only; optional operands (a, s, the gradient groups)
+// and the tie style are runtime arguments. Each pass has kernels of its own name (pool_hw_tiles,
+// pool_hw_finish, ...), thin __global__ wrappers over the shared bodies, so that a launch log or a
+// profile attributes every launch to its pass.
 //
 // Geometry. x is [N, C, P] with P = H*W, NCHW (p contiguous) or channels_last (c contiguous). Each
 // sample is a matrix of Ls "rows" along the strided axis by Lc "columns" along the contiguous axis:
@@ -18,7 +21,7 @@
 // partials of every output in tile order. So any shape works (several blocks per (n, c) or (n, p))
 // and the result is bitwise the same on every run.
 //
-// Byte budget (DESIGN.md section 3), |x| = bytes of x; small [N,C]/[N,P] tensors and partials are noise:
+// Byte budget, |x| = bytes of x; small [N,C]/[N,P] tensors and partials are noise:
 //   forward  4|x|: pool_hw reads x (1), pool_c reads x (1), apply_gates reads x, writes y (2).
 //   backward 5|x|: gate_grads reads gy and x (2), pool_c_grad_a reads x (1), input_grad reads gy and
 //                  writes gx (2); it reads x as well only for split-style ties (then 6|x|).
@@ -36,6 +39,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+
+#include "pass_args.h"
+
+// Rows per reduction tile, 0 for the default (kMaxReduceRows). Only the emulator's test builds
+// (tests/cudaemu/emu_shim.cu, asan_driver.cu) define it, to a variable of their own, to force several
+// tiles per reduction on small shapes; the extension keeps the constant.
+#ifndef CBAM_CUDA_TEST_REDUCE_ROWS
+#define CBAM_CUDA_TEST_REDUCE_ROWS 0
+#endif
 
 namespace cbam_fused::cuda {
 
@@ -75,9 +87,9 @@ inline Tiling make_tiling(index_t n, index_t c, index_t p, bool channels_last, i
   return t;
 }
 
-// Rows per reduction tile: `max_rows` (rounded up to whole warps) if positive, else up to
-// kMaxReduceRows; tests pass a small value to force many tiles per reduction on small shapes.
-inline index_t reduce_rows(index_t rows_len, index_t max_rows) {
+// Rows per reduction tile: up to kMaxReduceRows (or the test override), rounded up to whole warps.
+inline index_t reduce_rows(index_t rows_len) {
+  const index_t max_rows = CBAM_CUDA_TEST_REDUCE_ROWS;
   index_t cap = max_rows > 0 ? max_rows : kMaxReduceRows;
   index_t r = rows_len < cap ? rows_len : cap;
   return ((r + kWarps - 1) / kWarps) * kWarps;
@@ -178,10 +190,11 @@ template <bool CL> struct Chunk {
 // ------------------------------------------------------------------------------------- reductions
 // A reduction op fills, per chunk, the values reduced over pixels (result per channel, `over_p`)
 // and/or over channels (result per pixel, `over_c`). In NCHW "over pixels" runs along the columns
-// and "over channels" along the rows; in channels_last the other way round.
+// and "over channels" along the rows; in channels_last the other way round. The body of every
+// pass's *_tiles reduction kernel.
 template <typename T, bool CL, class Op>
-__global__ void reduce_tiles(Op op, Tiling t, typename Op::Stat* row_part,
-                                                         typename Op::Stat* col_part) {
+__device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, typename Op::Stat* row_part,
+                                             typename Op::Stat* col_part) {
   using A = acc_of<T>;
   using Stat = typename Op::Stat;
   constexpr int V = vec_of<T>();
@@ -234,9 +247,9 @@ __global__ void reduce_tiles(Op op, Tiling t, typename Op::Stat* row_part,
   }
 }
 
-// Folds the `tiles` partials of each of `outputs` results in tile order.
+// Folds the `tiles` partials of each of `outputs` results in tile order (bodies of the *_finish kernels).
 template <typename A>
-__global__ void finish_sum(const SumStat<A>* part, index_t tiles, index_t outputs, A* out) {
+__device__ __forceinline__ void finish_sum(const SumStat<A>* part, index_t tiles, index_t outputs, A* out) {
   const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= outputs) return;
   SumStat<A> s = part[i * tiles];
@@ -244,17 +257,18 @@ __global__ void finish_sum(const SumStat<A>* part, index_t tiles, index_t output
   out[i] = s.sum;
 }
 
+// arg and count may be null (not wanted).
 template <typename A>
-__global__ void finish_pool(const PoolStat<A>* part, index_t tiles, index_t outputs, A len, A* mean,
-                            A* max, int* arg, int* count) {
+__device__ __forceinline__ void finish_pool(const PoolStat<A>* part, index_t tiles, index_t outputs, A len,
+                                            A* mean, A* max, int* arg, int* count) {
   const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= outputs) return;
   PoolStat<A> s = part[i * tiles];
   for (index_t t = 1; t < tiles; ++t) s.merge(part[i * tiles + t]);
   mean[i] = s.sum / len;  // a division, as torch's mean
   max[i] = s.max;
-  arg[i] = s.arg;
-  count[i] = s.count;
+  if (arg != nullptr) arg[i] = s.arg;
+  if (count != nullptr) count[i] = s.count;
 }
 
 // -------------------------------------------------------------------------------- the reduction ops
@@ -308,7 +322,8 @@ template <typename T, bool CL> struct GateGradsOp {
   }
 };
 
-// pool_c_grad_a: ga = sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie of the channel pool of x*a.
+// pool_c_grad_a: ga = sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie of the channel pool of x*a:
+// max is read for split-style ties, arg for index-style ones (the other may be null).
 template <typename T, bool CL> struct PoolCGradAOp {
   using A = acc_of<T>;
   using Stat = SumStat<A>;
@@ -323,8 +338,9 @@ template <typename T, bool CL> struct PoolCGradAOp {
     load_chunk(x + ch.off, ch.cnt, xv);
     if constexpr (CL) {  // one pixel per chunk: its operands are loaded once
       const index_t pi = ch.n * p + ch.r;
-      const A up = u[pi], vp = v[pi], mp = max[pi];
-      const index_t ap = arg[pi];
+      const A up = u[pi], vp = v[pi];
+      const A mp = split ? max[pi] : A(0);         // only the tie operand of the style is set
+      const index_t ap = split ? -1 : arg[pi];
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         const bool tie = k < ch.cnt && (split ? xv[k] * a[ch.n * c + ch.col + k] == mp : ch.col + k == ap);
@@ -343,8 +359,9 @@ template <typename T, bool CL> struct PoolCGradAOp {
 };
 
 // ----------------------------------------------------------------------------- elementwise passes
+// The body of the elementwise passes' *_tiles kernels.
 template <typename T, bool CL, class Op>
-__global__ void map_tiles(Op op, Tiling t, T* out) {
+__device__ __forceinline__ void map_tiles(const Op& op, const Tiling& t, T* out) {
   using A = acc_of<T>;
   constexpr int V = vec_of<T>();
   const int lane = threadIdx.x, warp = threadIdx.y;
@@ -416,207 +433,308 @@ template <typename T, bool CL> struct InputGradOp {
   }
 };
 
+// ------------------------------------------------------------------------- the kernels, per pass
+// Thin wrappers over the shared bodies: one name per pass and role.
+template <typename T, bool CL>
+__global__ void pool_hw_tiles(PoolHwOp<T, CL> op, Tiling t, PoolStat<acc_of<T>>* row_part,
+                              PoolStat<acc_of<T>>* col_part) {
+  reduce_tiles<T, CL>(op, t, row_part, col_part);
+}
+
+template <typename T, bool CL>
+__global__ void pool_c_tiles(PoolCOp<T, CL> op, Tiling t, PoolStat<acc_of<T>>* row_part,
+                             PoolStat<acc_of<T>>* col_part) {
+  reduce_tiles<T, CL>(op, t, row_part, col_part);
+}
+
+template <typename T, bool CL>
+__global__ void gate_grads_tiles(GateGradsOp<T, CL> op, Tiling t, SumStat<acc_of<T>>* row_part,
+                                 SumStat<acc_of<T>>* col_part) {
+  reduce_tiles<T, CL>(op, t, row_part, col_part);
+}
+
+template <typename T, bool CL>
+__global__ void pool_c_grad_a_tiles(PoolCGradAOp<T, CL> op, Tiling t, SumStat<acc_of<T>>* row_part,
+                                    SumStat<acc_of<T>>* col_part) {
+  reduce_tiles<T, CL>(op, t, row_part, col_part);
+}
+
+template <typename A>
+__global__ void pool_hw_finish(const PoolStat<A>* part, index_t tiles, index_t outputs, A len, A* mean, A* max,
+                               int* arg, int* count) {
+  finish_pool(part, tiles, outputs, len, mean, max, arg, count);
+}
+
+template <typename A>
+__global__ void pool_c_finish(const PoolStat<A>* part, index_t tiles, index_t outputs, A len, A* mean, A* max,
+                              int* arg, int* count) {
+  finish_pool(part, tiles, outputs, len, mean, max, arg, count);
+}
+
+template <typename A>
+__global__ void gate_grads_finish(const SumStat<A>* part, index_t tiles, index_t outputs, A* out) {
+  finish_sum(part, tiles, outputs, out);
+}
+
+template <typename A>
+__global__ void pool_c_grad_a_finish(const SumStat<A>* part, index_t tiles, index_t outputs, A* out) {
+  finish_sum(part, tiles, outputs, out);
+}
+
+template <typename T, bool CL>
+__global__ void apply_gates_tiles(ApplyGatesOp<T, CL> op, Tiling t, T* out) {
+  map_tiles<T, CL>(op, t, out);
+}
+
+template <typename T, bool CL>
+__global__ void input_grad_tiles(InputGradOp<T, CL> op, Tiling t, T* out) {
+  map_tiles<T, CL>(op, t, out);
+}
+
 // --------------------------------------------------------------------------------------- launchers
 inline dim3 tile_grid(const Tiling& t) {
   const index_t y = t.col_tiles < kMaxGridY ? t.col_tiles : kMaxGridY;
   return dim3(unsigned(t.n * t.row_tiles), unsigned(y < 1 ? 1 : y));
 }
 
-inline bool grid_ok(const Tiling& t) { return t.n * t.row_tiles <= 0x7fffffffLL && t.n > 0 && t.rows_len > 0 && t.cols_len > 0; }
+inline bool grid_ok(const Tiling& t) {
+  return t.n * t.row_tiles <= 0x7fffffffLL && t.n > 0 && t.rows_len > 0 && t.cols_len > 0;
+}
+
+inline bool layout_ok(const Geometry& g) { return g.layout == Layout::NCHW || g.layout == Layout::NHWC; }
 
 inline std::size_t round16(std::size_t b) { return (b + 15) / 16 * 16; }
 
-// Workspace of a reduction: partials along the columns, then partials across the rows.
-template <class Stat, bool kAlongCols, bool kAlongRows>
-inline std::size_t partial_bytes(const Tiling& t, std::size_t* rows_offset) {
-  std::size_t along_cols = kAlongCols ? round16(sizeof(Stat) * t.n * t.rows_len * t.col_tiles) : 0;
-  std::size_t along_rows = kAlongRows ? round16(sizeof(Stat) * t.n * t.cols_len * t.row_tiles) : 0;
+template <typename T> inline Tiling reduce_tiling(const Geometry& g) {
+  const bool cl = g.layout == Layout::NHWC;
+  return make_tiling<T>(g.n, g.c, g.p, cl, reduce_rows(cl ? g.p : g.c));
+}
+
+template <typename T> inline Tiling map_tiling(const Geometry& g) {
+  return make_tiling<T>(g.n, g.c, g.p, g.layout == Layout::NHWC, kMapRows);
+}
+
+// A reduction's workspace: partials along the columns, then partials across the rows.
+template <class Stat> struct Partials {
+  Stat* along_cols;
+  Stat* along_rows;
+};
+
+template <class Op, bool CL>
+inline std::size_t partial_bytes(const Tiling& t, std::size_t* rows_offset = nullptr) {
+  using Stat = typename Op::Stat;
+  constexpr bool kAlongCols = CL ? Op::kOverC : Op::kOverP, kAlongRows = CL ? Op::kOverP : Op::kOverC;
+  const std::size_t along_cols = kAlongCols ? round16(sizeof(Stat) * t.n * t.rows_len * t.col_tiles) : 0;
+  const std::size_t along_rows = kAlongRows ? round16(sizeof(Stat) * t.n * t.cols_len * t.row_tiles) : 0;
   if (rows_offset) *rows_offset = along_cols;
   return along_cols + along_rows;
 }
 
-template <typename T, bool CL, class Op>
-inline std::size_t op_workspace(const Tiling& t, std::size_t* rows_offset = nullptr) {
-  return partial_bytes<typename Op::Stat, CL ? Op::kOverC : Op::kOverP, CL ? Op::kOverP : Op::kOverC>(
-      t, rows_offset);
+template <class Op, bool CL>
+inline Partials<typename Op::Stat> partials(const Tiling& t, void* workspace) {
+  using Stat = typename Op::Stat;
+  std::size_t rows_offset = 0;
+  partial_bytes<Op, CL>(t, &rows_offset);
+  auto* base = static_cast<unsigned char*>(workspace);
+  return {reinterpret_cast<Stat*>(base), reinterpret_cast<Stat*>(base + rows_offset)};
+}
+
+// Where the partials of a per-channel (or per-pixel) result are, and how many per output: the
+// column partials in NCHW, the row partials in channels_last; per-pixel results the other way round.
+template <class Stat> struct ResultParts {
+  const Stat* part;
+  index_t tiles;
+};
+
+template <class Stat>
+inline ResultParts<Stat> result_parts(const Tiling& t, const Partials<Stat>& p, bool per_channel) {
+  const bool cols = per_channel != t.channels_last;
+  return {cols ? p.along_cols : p.along_rows, cols ? t.col_tiles : t.row_tiles};
 }
 
 inline unsigned blocks_for(index_t count) { return unsigned((count + kThreads - 1) / kThreads); }
 
-// Runs the tile kernel of `op` and leaves partials in the workspace; returns the two partial arrays.
-template <typename T, bool CL, class Op>
-inline cudaError_t run_reduce(const Op& op, const Tiling& t, void* workspace, cudaStream_t stream,
-                              typename Op::Stat** along_cols, typename Op::Stat** along_rows) {
-  std::size_t rows_offset = 0;
-  op_workspace<T, CL, Op>(t, &rows_offset);
-  auto* base = static_cast<unsigned char*>(workspace);
-  *along_cols = reinterpret_cast<typename Op::Stat*>(base);
-  *along_rows = reinterpret_cast<typename Op::Stat*>(base + rows_offset);
-  if (!grid_ok(t)) return cudaErrorInvalidValue;
-  reduce_tiles<T, CL, Op><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(op, t, *along_cols, *along_rows);
-  return cudaGetLastError();
+template <typename T, bool CL>
+inline std::size_t workspace_bytes_of(Pass pass, const Tiling& t) {
+  switch (pass) {
+    case Pass::PoolHw: return partial_bytes<PoolHwOp<T, CL>, CL>(t);
+    case Pass::PoolC: return partial_bytes<PoolCOp<T, CL>, CL>(t);
+    case Pass::GateGrads: return partial_bytes<GateGradsOp<T, CL>, CL>(t);
+    case Pass::PoolCGradA: return partial_bytes<PoolCGradAOp<T, CL>, CL>(t);
+    default: return 0;  // apply_gates, input_grad: elementwise, no workspace
+  }
 }
 
-// Per-channel results are folded from the column partials in NCHW, the row partials in
-// channels_last; per-pixel results the other way round.
-template <class Stat, bool kPerChannel, bool CL>
-inline void result_partials(const Tiling& t, Stat* along_cols, Stat* along_rows, const Stat** part,
-                            index_t* tiles) {
-  const bool cols = kPerChannel != CL;  // NCHW per-channel: reduced along columns
-  *part = cols ? along_cols : along_rows;
-  *tiles = cols ? t.col_tiles : t.row_tiles;
-}
-
-// ---- public launchers. `rows` = 0 picks the tile height; tests pass small values to force many
-// tiles per reduction. Workspace sizes come from the matching *_workspace_bytes function.
+// ---- public launchers: one per pass on its argument struct (csrc/pass_args.h), plus the workspace
+// size of every pass. Launches are asynchronous on `stream`; a cudaError_t says whether they started.
 template <typename T>
-std::size_t pool_workspace_bytes(index_t n, index_t c, index_t p, bool channels_last, bool over_pixels,
-                                 index_t rows = 0) {
-  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
-  if (over_pixels)
-    return channels_last ? op_workspace<T, true, PoolHwOp<T, true>>(t) : op_workspace<T, false, PoolHwOp<T, false>>(t);
-  return channels_last ? op_workspace<T, true, PoolCOp<T, true>>(t) : op_workspace<T, false, PoolCOp<T, false>>(t);
-}
-
-template <typename T, bool CL, class Op>
-inline cudaError_t pool_impl(const Op& op, const Tiling& t, bool per_channel, acc_of<T>* mean,
-                             acc_of<T>* max, int* arg, int* count, void* workspace, cudaStream_t stream) {
-  using Stat = PoolStat<acc_of<T>>;
-  Stat *along_cols, *along_rows;
-  cudaError_t e = run_reduce<T, CL>(op, t, workspace, stream, &along_cols, &along_rows);
-  if (e != cudaSuccess) return e;
-  const Stat* part;
-  index_t tiles;
-  if (per_channel) result_partials<Stat, true, CL>(t, along_cols, along_rows, &part, &tiles);
-  else result_partials<Stat, false, CL>(t, along_cols, along_rows, &part, &tiles);
-  const index_t outputs = t.n * (per_channel ? t.c : t.p);
-  const acc_of<T> len = acc_of<T>(per_channel ? t.p : t.c);
-  finish_pool<<<blocks_for(outputs), kThreads, 0, stream>>>(part, tiles, outputs, len, mean, max, arg, count);
-  return cudaGetLastError();
-}
-
-// pool_hw: mean, max, first argmax and count of x over pixels, each [N, C].
-template <typename T>
-cudaError_t launch_pool_hw(const T* x, index_t n, index_t c, index_t p, bool channels_last, acc_of<T>* mean,
-                           acc_of<T>* max, int* arg, int* count, void* workspace, cudaStream_t stream,
-                           index_t rows = 0) {
-  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
-  if (channels_last) return pool_impl<T, true>(PoolHwOp<T, true>{x}, t, true, mean, max, arg, count, workspace, stream);
-  return pool_impl<T, false>(PoolHwOp<T, false>{x}, t, true, mean, max, arg, count, workspace, stream);
-}
-
-// pool_c: mean, max, first argmax and count of acc(x) * a over channels, each [N, P]; a may be null.
-template <typename T>
-cudaError_t launch_pool_c(const T* x, const acc_of<T>* a, index_t n, index_t c, index_t p, bool channels_last,
-                          acc_of<T>* mean, acc_of<T>* max, int* arg, int* count, void* workspace,
-                          cudaStream_t stream, index_t rows = 0) {
-  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
-  if (channels_last)
-    return pool_impl<T, true>(PoolCOp<T, true>{x, a, c}, t, false, mean, max, arg, count, workspace, stream);
-  return pool_impl<T, false>(PoolCOp<T, false>{x, a, c}, t, false, mean, max, arg, count, workspace, stream);
-}
-
-template <typename T>
-std::size_t gate_grads_workspace_bytes(index_t n, index_t c, index_t p, bool channels_last, index_t rows = 0) {
-  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
-  return channels_last ? op_workspace<T, true, GateGradsOp<T, true>>(t) : op_workspace<T, false, GateGradsOp<T, false>>(t);
+std::size_t workspace_bytes(Pass pass, const Geometry& g) {
+  const Tiling t = reduce_tiling<T>(g);
+  return g.layout == Layout::NHWC ? workspace_bytes_of<T, true>(pass, t) : workspace_bytes_of<T, false>(pass, t);
 }
 
 template <typename T, bool CL>
-inline cudaError_t gate_grads_impl(const GateGradsOp<T, CL>& op, const Tiling& t, acc_of<T>* ga, acc_of<T>* gs,
-                                   void* workspace, cudaStream_t stream) {
-  using Stat = SumStat<acc_of<T>>;
-  Stat *along_cols, *along_rows;
-  cudaError_t e = run_reduce<T, CL>(op, t, workspace, stream, &along_cols, &along_rows);
+cudaError_t pool_hw_layout(const PoolHwArgs& a, cudaStream_t stream) {
+  using A = acc_of<T>;
+  const Tiling t = reduce_tiling<T>(a.g);
+  using Op = PoolHwOp<T, CL>;
+  const auto parts = partials<Op, CL>(t, a.workspace);
+  pool_hw_tiles<T, CL><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(Op{static_cast<const T*>(a.x)}, t,
+                                                                             parts.along_cols, parts.along_rows);
+  cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  const Stat* part;
-  index_t tiles;
-  if (ga != nullptr) {
-    result_partials<Stat, true, CL>(t, along_cols, along_rows, &part, &tiles);
-    finish_sum<<<blocks_for(t.n * t.c), kThreads, 0, stream>>>(part, tiles, t.n * t.c, ga);
+  const auto r = result_parts(t, parts, true);
+  pool_hw_finish<<<blocks_for(t.n * t.c), kThreads, 0, stream>>>(r.part, r.tiles, t.n * t.c, A(t.p),
+                                                                  static_cast<A*>(a.mean), static_cast<A*>(a.max),
+                                                                  a.argmax, a.count);
+  return cudaGetLastError();
+}
+
+// pool_hw: mean, max, first argmax and count of x over pixels, each [N, C]; argmax/count may be null.
+template <typename T>
+cudaError_t launch_pool_hw(const PoolHwArgs& a, cudaStream_t stream) {
+  if (!layout_ok(a.g) || !grid_ok(reduce_tiling<T>(a.g)) || a.mean == nullptr || a.max == nullptr)
+    return cudaErrorInvalidValue;
+  return a.g.layout == Layout::NHWC ? pool_hw_layout<T, true>(a, stream) : pool_hw_layout<T, false>(a, stream);
+}
+
+template <typename T, bool CL>
+cudaError_t pool_c_layout(const PoolCArgs& a, cudaStream_t stream) {
+  using A = acc_of<T>;
+  const Tiling t = reduce_tiling<T>(a.g);
+  using Op = PoolCOp<T, CL>;
+  const auto parts = partials<Op, CL>(t, a.workspace);
+  pool_c_tiles<T, CL><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(
+      Op{static_cast<const T*>(a.x), static_cast<const A*>(a.a), t.c}, t, parts.along_cols, parts.along_rows);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  const auto r = result_parts(t, parts, false);
+  pool_c_finish<<<blocks_for(t.n * t.p), kThreads, 0, stream>>>(r.part, r.tiles, t.n * t.p, A(t.c),
+                                                                 static_cast<A*>(a.mean), static_cast<A*>(a.max),
+                                                                 a.argmax, a.count);
+  return cudaGetLastError();
+}
+
+// pool_c: mean, max, first argmax and count of acc(x) * a over channels, each [N, P]; a, argmax and
+// count may be null.
+template <typename T>
+cudaError_t launch_pool_c(const PoolCArgs& a, cudaStream_t stream) {
+  if (!layout_ok(a.g) || !grid_ok(reduce_tiling<T>(a.g)) || a.mean == nullptr || a.max == nullptr)
+    return cudaErrorInvalidValue;
+  return a.g.layout == Layout::NHWC ? pool_c_layout<T, true>(a, stream) : pool_c_layout<T, false>(a, stream);
+}
+
+template <typename T, bool CL>
+cudaError_t gate_grads_layout(const GateGradsArgs& a, cudaStream_t stream) {
+  using A = acc_of<T>;
+  const Tiling t = reduce_tiling<T>(a.g);
+  using Op = GateGradsOp<T, CL>;
+  const auto parts = partials<Op, CL>(t, a.workspace);
+  gate_grads_tiles<T, CL><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(
+      Op{static_cast<const T*>(a.gy), static_cast<const T*>(a.x), static_cast<const A*>(a.a),
+         static_cast<const A*>(a.s), t.c, t.p},
+      t, parts.along_cols, parts.along_rows);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  if (a.ga != nullptr) {
+    const auto r = result_parts(t, parts, true);
+    gate_grads_finish<<<blocks_for(t.n * t.c), kThreads, 0, stream>>>(r.part, r.tiles, t.n * t.c,
+                                                                       static_cast<A*>(a.ga));
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
   }
-  if (gs != nullptr) {
-    result_partials<Stat, false, CL>(t, along_cols, along_rows, &part, &tiles);
-    finish_sum<<<blocks_for(t.n * t.p), kThreads, 0, stream>>>(part, tiles, t.n * t.p, gs);
+  if (a.gs != nullptr) {
+    const auto r = result_parts(t, parts, false);
+    gate_grads_finish<<<blocks_for(t.n * t.p), kThreads, 0, stream>>>(r.part, r.tiles, t.n * t.p,
+                                                                       static_cast<A*>(a.gs));
     e = cudaGetLastError();
   }
   return e;
 }
 
-// gate_grads: ga = sum_p gy*x*s ([N, C], if ga is not null), gs = sum_c gy*x*a ([N, P], if gs is not
-// null) from one read of gy and x. Both partial directions are always formed (they are small).
+// gate_grads: ga = sum_p gy*x*s ([N, C]) and gs = sum_c gy*x*a ([N, P]), each when its pointer is set,
+// from one read of gy and x. Both partial directions are always formed (they are small).
 template <typename T>
-cudaError_t launch_gate_grads(const T* gy, const T* x, const acc_of<T>* a, const acc_of<T>* s, index_t n,
-                              index_t c, index_t p, bool channels_last, acc_of<T>* ga, acc_of<T>* gs,
-                              void* workspace, cudaStream_t stream, index_t rows = 0) {
-  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
-  if (channels_last) return gate_grads_impl<T, true>({gy, x, a, s, c, p}, t, ga, gs, workspace, stream);
-  return gate_grads_impl<T, false>({gy, x, a, s, c, p}, t, ga, gs, workspace, stream);
-}
-
-template <typename T>
-std::size_t pool_c_grad_a_workspace_bytes(index_t n, index_t c, index_t p, bool channels_last, index_t rows = 0) {
-  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
-  return channels_last ? op_workspace<T, true, PoolCGradAOp<T, true>>(t)
-                       : op_workspace<T, false, PoolCGradAOp<T, false>>(t);
+cudaError_t launch_gate_grads(const GateGradsArgs& a, cudaStream_t stream) {
+  if (!layout_ok(a.g) || !grid_ok(reduce_tiling<T>(a.g))) return cudaErrorInvalidValue;
+  if (a.ga == nullptr && a.gs == nullptr) return cudaSuccess;  // nothing wanted
+  return a.g.layout == Layout::NHWC ? gate_grads_layout<T, true>(a, stream) : gate_grads_layout<T, false>(a, stream);
 }
 
 template <typename T, bool CL>
-inline cudaError_t pool_c_grad_a_impl(const PoolCGradAOp<T, CL>& op, const Tiling& t, acc_of<T>* ga,
-                                      void* workspace, cudaStream_t stream) {
-  using Stat = SumStat<acc_of<T>>;
-  Stat *along_cols, *along_rows;
-  cudaError_t e = run_reduce<T, CL>(op, t, workspace, stream, &along_cols, &along_rows);
+cudaError_t pool_c_grad_a_layout(const PoolCGradAArgs& a, cudaStream_t stream) {
+  using A = acc_of<T>;
+  const Tiling t = reduce_tiling<T>(a.g);
+  using Op = PoolCGradAOp<T, CL>;
+  const auto parts = partials<Op, CL>(t, a.workspace);
+  const bool split = a.tie.argmax == nullptr;
+  pool_c_grad_a_tiles<T, CL><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(
+      Op{static_cast<const T*>(a.x), static_cast<const A*>(a.a), static_cast<const A*>(a.u),
+         static_cast<const A*>(a.v), static_cast<const A*>(a.tie.max), a.tie.argmax, split, t.c, t.p},
+      t, parts.along_cols, parts.along_rows);
+  cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  const Stat* part;
-  index_t tiles;
-  result_partials<Stat, true, CL>(t, along_cols, along_rows, &part, &tiles);
-  finish_sum<<<blocks_for(t.n * t.c), kThreads, 0, stream>>>(part, tiles, t.n * t.c, ga);
+  const auto r = result_parts(t, parts, true);
+  pool_c_grad_a_finish<<<blocks_for(t.n * t.c), kThreads, 0, stream>>>(r.part, r.tiles, t.n * t.c,
+                                                                        static_cast<A*>(a.ga));
   return cudaGetLastError();
 }
 
-// pool_c_grad_a: ga[n,c] = sum_p acc(x) * (u[p] + T(c,p) * v[p]) ([N, C]); a is required.
+// pool_c_grad_a: ga[n,c] = sum_p acc(x) * (u[p] + T(c,p) * v[p]) ([N, C]); a, u, v are required, and
+// exactly one of tie.argmax (index-style) and tie.max (split-style).
 template <typename T>
-cudaError_t launch_pool_c_grad_a(const T* x, const acc_of<T>* a, const acc_of<T>* u, const acc_of<T>* v,
-                                 const int* arg, const acc_of<T>* max, bool split, index_t n, index_t c,
-                                 index_t p, bool channels_last, acc_of<T>* ga, void* workspace,
-                                 cudaStream_t stream, index_t rows = 0) {
-  Tiling t = make_tiling<T>(n, c, p, channels_last, reduce_rows(channels_last ? p : c, rows));
-  if (channels_last)
-    return pool_c_grad_a_impl<T, true>({x, a, u, v, max, arg, split, c, p}, t, ga, workspace, stream);
-  return pool_c_grad_a_impl<T, false>({x, a, u, v, max, arg, split, c, p}, t, ga, workspace, stream);
-}
-
-template <typename T, bool CL, class Op>
-inline cudaError_t run_map(const Op& op, index_t n, index_t c, index_t p, T* out, cudaStream_t stream) {
-  Tiling t = make_tiling<T>(n, c, p, CL, kMapRows);
-  if (!grid_ok(t)) return cudaErrorInvalidValue;
-  map_tiles<T, CL, Op><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(op, t, out);
-  return cudaGetLastError();
+cudaError_t launch_pool_c_grad_a(const PoolCGradAArgs& a, cudaStream_t stream) {
+  if (!layout_ok(a.g) || !grid_ok(reduce_tiling<T>(a.g)) || a.a == nullptr || a.u == nullptr || a.v == nullptr ||
+      a.ga == nullptr || (a.tie.argmax == nullptr) == (a.tie.max == nullptr))
+    return cudaErrorInvalidValue;
+  return a.g.layout == Layout::NHWC ? pool_c_grad_a_layout<T, true>(a, stream)
+                                    : pool_c_grad_a_layout<T, false>(a, stream);
 }
 
 // apply_gates: y = (acc(x) * a) * s in x's dtype and layout; a, s may be null.
 template <typename T>
-cudaError_t launch_apply_gates(const T* x, const acc_of<T>* a, const acc_of<T>* s, index_t n, index_t c,
-                               index_t p, bool channels_last, T* y, cudaStream_t stream) {
-  if (channels_last) return run_map<T, true>(ApplyGatesOp<T, true>{x, a, s, c, p}, n, c, p, y, stream);
-  return run_map<T, false>(ApplyGatesOp<T, false>{x, a, s, c, p}, n, c, p, y, stream);
+cudaError_t launch_apply_gates(const ApplyGatesArgs& a, cudaStream_t stream) {
+  using A = acc_of<T>;
+  const Tiling t = map_tiling<T>(a.g);
+  if (!layout_ok(a.g) || !grid_ok(t)) return cudaErrorInvalidValue;
+  const auto* x = static_cast<const T*>(a.x);
+  const auto *ga = static_cast<const A*>(a.a), *gs = static_cast<const A*>(a.s);
+  if (t.channels_last)
+    apply_gates_tiles<T, true><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(
+        ApplyGatesOp<T, true>{x, ga, gs, t.c, t.p}, t, static_cast<T*>(a.y));
+  else
+    apply_gates_tiles<T, false><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(
+        ApplyGatesOp<T, false>{x, ga, gs, t.c, t.p}, t, static_cast<T*>(a.y));
+  return cudaGetLastError();
 }
 
-// input_grad: see InputGradOp. x may be null unless split.
+// Whether a gradient group (u, v, tie) is complete: v and the tie operand of the style are set.
+inline bool group_ok(const void* u, const void* v, const TieOperand& tie, bool split) {
+  return u == nullptr || (v != nullptr && (split ? tie.max != nullptr : tie.argmax != nullptr));
+}
+
+template <typename T, bool CL>
+inline InputGradOp<T, CL> input_grad_op(const InputGradArgs& a, const Tiling& t) {
+  using A = acc_of<T>;
+  auto acc = [](const void* p) { return static_cast<const A*>(p); };
+  return {static_cast<const T*>(a.gy), static_cast<const T*>(a.x), acc(a.a), acc(a.s), acc(a.u_c), acc(a.v_c),
+          acc(a.tie_c.max), a.tie_c.argmax, acc(a.u_hw), acc(a.v_hw), acc(a.tie_hw.max), a.tie_hw.argmax,
+          a.split, t.c, t.p};
+}
+
+// input_grad: see InputGradOp. x is read (and required) only for split-style ties.
 template <typename T>
-cudaError_t launch_input_grad(const T* gy, const T* x, const acc_of<T>* a, const acc_of<T>* s,
-                              const acc_of<T>* u_c, const acc_of<T>* v_c, const int* arg_c, const acc_of<T>* max_c,
-                              const acc_of<T>* u_hw, const acc_of<T>* v_hw, const int* arg_hw,
-                              const acc_of<T>* max_hw, bool split, index_t n, index_t c, index_t p,
-                              bool channels_last, T* gx, cudaStream_t stream) {
-  if (split && x == nullptr) return cudaErrorInvalidValue;
-  if (channels_last)
-    return run_map<T, true>(InputGradOp<T, true>{gy, x, a, s, u_c, v_c, max_c, arg_c, u_hw, v_hw, max_hw, arg_hw,
-                                                 split, c, p}, n, c, p, gx, stream);
-  return run_map<T, false>(InputGradOp<T, false>{gy, x, a, s, u_c, v_c, max_c, arg_c, u_hw, v_hw, max_hw, arg_hw,
-                                                 split, c, p}, n, c, p, gx, stream);
+cudaError_t launch_input_grad(const InputGradArgs& a, cudaStream_t stream) {
+  const Tiling t = map_tiling<T>(a.g);
+  if (!layout_ok(a.g) || !grid_ok(t) || (a.split && a.x == nullptr) ||
+      !group_ok(a.u_c, a.v_c, a.tie_c, a.split) || !group_ok(a.u_hw, a.v_hw, a.tie_hw, a.split))
+    return cudaErrorInvalidValue;
+  if (t.channels_last)
+    input_grad_tiles<T, true><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(input_grad_op<T, true>(a, t), t,
+                                                                                   static_cast<T*>(a.gx));
+  else
+    input_grad_tiles<T, false><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(input_grad_op<T, false>(a, t), t,
+                                                                                    static_cast<T*>(a.gx));
+  return cudaGetLastError();
 }
 
 }  // namespace cbam_fused::cuda

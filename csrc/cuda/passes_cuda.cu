@@ -1,8 +1,8 @@
-// ATen/c10 glue of the CUDA passes: checks, dtype dispatch, workspace allocation, current stream,
-// device guard. The kernels and launchers (passes.cuh) hold no ATen; nothing here synchronises the
-// host. The op schemas live in csrc/ops.cpp (library cbam_fused::, module _C).
+// ATen/c10 glue of the CUDA passes: checks, output and workspace allocation, current stream, device
+// guard; then a call through the CUDA PassTable (pass_table.cuh: the dtype switch and the launchers,
+// which hold no ATen). Nothing here synchronises the host. The op schemas live in csrc/ops.cpp
+// (library cbam_fused::, module _C).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -11,7 +11,7 @@
 #include <optional>
 #include <tuple>
 
-#include "cuda/passes.cuh"
+#include "cuda/pass_table.cuh"
 
 namespace cbam_fused::cuda {
 namespace {
@@ -19,12 +19,16 @@ namespace {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-struct Geometry {
-  int64_t n, c, p;
-  bool channels_last;
-};
-
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return DType::F64;
+    case at::kBFloat16: return DType::BF16;
+    case at::kHalf: return DType::F16;
+    default: return DType::F32;
+  }
+}
 
 Geometry geometry(const Tensor& x, const char* op, const char* name) {
   TORCH_CHECK(x.is_cuda(), "cbam_fused::", op, ": ", name, " must be a CUDA tensor, got one on ", x.device());
@@ -37,13 +41,13 @@ Geometry geometry(const Tensor& x, const char* op, const char* name) {
   TORCH_CHECK(nchw || cl, "cbam_fused::", op, ": ", name,
               " must be NCHW-contiguous or channels_last-contiguous (strides ", x.strides(), ")");
   TORCH_CHECK(x.numel() > 0, "cbam_fused::", op, ": ", name, " must not be empty, got shape ", x.sizes());
-  return {x.size(0), x.size(1), x.size(2) * x.size(3), cl};
+  return {x.size(0), x.size(1), x.size(2) * x.size(3), dtype_of(t), cl ? Layout::NHWC : Layout::NCHW};
 }
 
 void same_as(const Tensor& t, const Tensor& x, const Geometry& g, const char* op, const char* name) {
   TORCH_CHECK(t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.sizes() == x.sizes(),
               "cbam_fused::", op, ": ", name, " must match x in device, dtype and shape");
-  TORCH_CHECK(geometry(t, op, name).channels_last == g.channels_last, "cbam_fused::", op, ": ", name,
+  TORCH_CHECK(geometry(t, op, name).layout == g.layout, "cbam_fused::", op, ": ", name,
               " must have x's memory format");
 }
 
@@ -65,15 +69,20 @@ Tensor small_opt(const OptTensor& t, const Tensor& x, int64_t rows, int64_t cols
   return t.has_value() ? small(*t, x, rows, cols, op, name, acc_type(x.scalar_type())) : Tensor();
 }
 
-template <typename T> T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+void* ptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+int32_t* iptr(const Tensor& t) { return t.defined() ? t.data_ptr<int32_t>() : nullptr; }
 
-void check(cudaError_t e, const char* op) {
-  TORCH_CHECK(e == cudaSuccess, "cbam_fused::", op, ": kernel launch failed: ", cudaGetErrorString(e));
+const PassTable& passes() { return cuda_pass_table(); }
+
+void* stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+void check(int e, const char* op) {
+  TORCH_CHECK(e == 0, "cbam_fused::", op, ": kernel launch failed: ", passes().error_string(e));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-Tensor workspace(const Tensor& x, std::size_t bytes) {
-  return at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+Tensor workspace(const Tensor& x, Pass pass, const Geometry& g) {
+  return at::empty({static_cast<int64_t>(passes().workspace_bytes(pass, g))}, x.options().dtype(at::kByte));
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> pool(const Tensor& x, const OptTensor& a_opt, bool per_channel) {
@@ -85,18 +94,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pool(const Tensor& x, const OptTensor
   const std::vector<int64_t> size{g.n, per_channel ? g.c : g.p};
   Tensor mean = at::empty(size, acc), max = at::empty(size, acc);
   Tensor arg = at::empty(size, x.options().dtype(at::kInt)), count = at::empty(size, x.options().dtype(at::kInt));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cbam_fused_pool", [&] {
-    using A = acc_of<scalar_t>;
-    Tensor ws = workspace(x, pool_workspace_bytes<scalar_t>(g.n, g.c, g.p, g.channels_last, per_channel));
-    const cudaError_t e =
-        per_channel ? launch_pool_hw<scalar_t>(x.data_ptr<scalar_t>(), g.n, g.c, g.p, g.channels_last, ptr<A>(mean),
-                                               ptr<A>(max), ptr<int>(arg), ptr<int>(count), ws.data_ptr(), stream)
-                    : launch_pool_c<scalar_t>(x.data_ptr<scalar_t>(), ptr<A>(a), g.n, g.c, g.p, g.channels_last,
-                                              ptr<A>(mean), ptr<A>(max), ptr<int>(arg), ptr<int>(count),
-                                              ws.data_ptr(), stream);
-    check(e, op);
-  });
+  Tensor ws = workspace(x, per_channel ? Pass::PoolHw : Pass::PoolC, g);
+  const int e = per_channel ? passes().pool_hw({g, x.data_ptr(), ptr(mean), ptr(max), iptr(arg), iptr(count),
+                                                ws.data_ptr()}, stream())
+                            : passes().pool_c({g, x.data_ptr(), ptr(a), ptr(mean), ptr(max), iptr(arg),
+                                               iptr(count), ws.data_ptr()}, stream());
+  check(e, op);
   return {mean, max, arg, count};
 }
 
@@ -110,12 +113,7 @@ Tensor apply_gates(const Tensor& x, const OptTensor& a_opt, const OptTensor& s_o
   const Tensor a = small_opt(a_opt, x, g.n, g.c, "apply_gates", "a");
   const Tensor s = small_opt(s_opt, x, g.n, g.p, "apply_gates", "s");
   Tensor y = at::empty_like(x);  // keeps x's memory format
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cbam_fused_apply_gates", [&] {
-    using A = acc_of<scalar_t>;
-    check(launch_apply_gates<scalar_t>(x.data_ptr<scalar_t>(), ptr<A>(a), ptr<A>(s), g.n, g.c, g.p,
-                                       g.channels_last, y.data_ptr<scalar_t>(), c10::cuda::getCurrentCUDAStream()),
-          "apply_gates");
-  });
+  check(passes().apply_gates({g, x.data_ptr(), ptr(a), ptr(s), y.data_ptr()}, stream()), "apply_gates");
   return y;
 }
 
@@ -130,15 +128,10 @@ std::tuple<Tensor, Tensor> gate_grads(const Tensor& gy, const Tensor& x, const O
   Tensor ga = want_a ? at::empty({g.n, g.c}, acc) : at::empty({0}, acc);
   Tensor gs = want_s ? at::empty({g.n, g.p}, acc) : at::empty({0}, acc);
   if (!want_a && !want_s) return {ga, gs};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cbam_fused_gate_grads", [&] {
-    using A = acc_of<scalar_t>;
-    Tensor ws = workspace(x, gate_grads_workspace_bytes<scalar_t>(g.n, g.c, g.p, g.channels_last));
-    check(launch_gate_grads<scalar_t>(gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), ptr<A>(a), ptr<A>(s), g.n,
-                                      g.c, g.p, g.channels_last, want_a ? ptr<A>(ga) : nullptr,
-                                      want_s ? ptr<A>(gs) : nullptr, ws.data_ptr(),
-                                      c10::cuda::getCurrentCUDAStream()),
-          "gate_grads");
-  });
+  Tensor ws = workspace(x, Pass::GateGrads, g);
+  check(passes().gate_grads({g, gy.data_ptr(), x.data_ptr(), ptr(a), ptr(s), want_a ? ptr(ga) : nullptr,
+                             want_s ? ptr(gs) : nullptr, ws.data_ptr()}, stream()),
+        "gate_grads");
   return {ga, gs};
 }
 
@@ -153,14 +146,10 @@ Tensor pool_c_grad_a(const Tensor& x, const Tensor& a_in, const Tensor& u_in, co
   const Tensor arg = small(arg_in, x, g.n, g.p, op, "argmax", at::kInt);
   const Tensor max = small(max_in, x, g.n, g.p, op, "max", acc);
   Tensor ga = at::empty({g.n, g.c}, x.options().dtype(acc));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cbam_fused_pool_c_grad_a", [&] {
-    using A = acc_of<scalar_t>;
-    Tensor ws = workspace(x, pool_c_grad_a_workspace_bytes<scalar_t>(g.n, g.c, g.p, g.channels_last));
-    check(launch_pool_c_grad_a<scalar_t>(x.data_ptr<scalar_t>(), ptr<A>(a), ptr<A>(u), ptr<A>(v), ptr<int>(arg),
-                                         ptr<A>(max), split, g.n, g.c, g.p, g.channels_last, ptr<A>(ga),
-                                         ws.data_ptr(), c10::cuda::getCurrentCUDAStream()),
-          op);
-  });
+  Tensor ws = workspace(x, Pass::PoolCGradA, g);
+  const TieOperand tie{split ? nullptr : iptr(arg), split ? ptr(max) : nullptr};
+  check(passes().pool_c_grad_a({g, x.data_ptr(), ptr(a), ptr(u), ptr(v), tie, ptr(ga), ws.data_ptr()}, stream()),
+        op);
   return ga;
 }
 
@@ -191,14 +180,12 @@ Tensor input_grad(const Tensor& gy, const OptTensor& x_opt, const OptTensor& a_o
   const Tensor max_hw = small_opt(max_hw_opt, gy, g.n, g.c, op, "max_hw");
   const Tensor arg_hw = has_hw ? small(*arg_hw_opt, gy, g.n, g.c, op, "argmax_hw", at::kInt) : Tensor();
   Tensor gx = at::empty_like(gy);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "cbam_fused_input_grad", [&] {
-    using A = acc_of<scalar_t>;
-    check(launch_input_grad<scalar_t>(gy.data_ptr<scalar_t>(), ptr<scalar_t>(x), ptr<A>(a), ptr<A>(s), ptr<A>(u_c),
-                                      ptr<A>(v_c), ptr<int>(arg_c), ptr<A>(max_c), ptr<A>(u_hw), ptr<A>(v_hw),
-                                      ptr<int>(arg_hw), ptr<A>(max_hw), split, g.n, g.c, g.p, g.channels_last,
-                                      gx.data_ptr<scalar_t>(), c10::cuda::getCurrentCUDAStream()),
-          op);
-  });
+  // the tie operand of the style: argmax for index-style ties, max for split-style ones
+  const TieOperand tie_c{split ? nullptr : iptr(arg_c), split ? ptr(max_c) : nullptr};
+  const TieOperand tie_hw{split ? nullptr : iptr(arg_hw), split ? ptr(max_hw) : nullptr};
+  check(passes().input_grad({g, gy.data_ptr(), ptr(x), ptr(a), ptr(s), ptr(u_c), ptr(v_c), tie_c, ptr(u_hw),
+                             ptr(v_hw), tie_hw, split, gx.data_ptr()}, stream()),
+        op);
   return gx;
 }
 

@@ -1,8 +1,14 @@
-// AddressSanitizer driver: runs every launcher of csrc/cuda/passes.cuh on a few odd and misaligned
-// shapes, with exact-size cudaMalloc buffers (an overrun is a heap-buffer-overflow), and checks the
-// results against plain host loops written here. Built by tests/test_cuda_emulator.py with
-// `cucc -fsanitize=address -g -O1`; prints "asan_driver: all checks passed" and exits 0 on success.
-#include "cuda/passes.cuh"
+// AddressSanitizer driver: runs every entry of the CUDA PassTable (csrc/cuda/pass_table.cuh: the
+// launchers of passes.cuh) on a few odd and misaligned shapes, with exact-size
+// cudaMalloc buffers (an overrun is a heap-buffer-overflow), and checks the results against plain host
+// loops written here. Built by tests/test_cuda_emulator.py with `cucc -fsanitize=address -g -O1`;
+// prints "asan_driver: all checks passed" and exits 0 on success.
+#include <cstdint>
+
+static long long tile_rows = 0;  // rows per reduction tile (0 = default), see passes.cuh
+#define CBAM_CUDA_TEST_REDUCE_ROWS ::tile_rows
+
+#include "cuda/pass_table.cuh"
 
 #include <cmath>
 #include <cstdio>
@@ -11,8 +17,10 @@
 #include <random>
 #include <vector>
 
-namespace cf = cbam_fused::cuda;
-using cf::index_t;
+namespace cf = cbam_fused;
+using index_t = std::int64_t;
+
+static const cf::PassTable& table() { return cf::cuda::cuda_pass_table(); }
 
 static int failures = 0;
 
@@ -39,7 +47,11 @@ template <typename T> struct Buf {
   Buf(const Buf&) = delete;
 };
 
+template <typename T> constexpr cf::DType dtype_of() { return sizeof(T) == 4 ? cf::DType::F32 : cf::DType::F16; }
+
 template <typename T> static void check_shape(index_t n, index_t c, index_t p, bool cl, int skew, index_t rows) {
+  tile_rows = rows;
+  const cf::Geometry geo{n, c, p, dtype_of<T>(), cl ? cf::Layout::NHWC : cf::Layout::NCHW};
   char shape[96];
   std::snprintf(shape, sizeof shape, "%s n%lld c%lld p%lld %s skew%d rows%lld", sizeof(T) == 4 ? "f32" : "f16",
                 (long long)n, (long long)c, (long long)p, cl ? "cl" : "nchw", skew, (long long)rows);
@@ -98,20 +110,26 @@ template <typename T> static void check_shape(index_t n, index_t c, index_t p, b
       expect(cnt.p[i] == hc[i], what, shape, i, cnt.p[i], hc[i]);
     }
   };
+  auto launched = [&](int e, const char* what) {
+    if (e != 0) expect(false, what, shape, 0, e, 0);
+  };
   {
-    Buf<unsigned char> ws(cf::pool_workspace_bytes<T>(n, c, p, cl, true, rows));
-    if (cf::launch_pool_hw<T>(x.p, n, c, p, cl, mean.p, mx.p, arg.p, cnt.p, ws.p, nullptr, rows) != cudaSuccess)
-      expect(false, "pool_hw launch", shape, 0, 0, 0);
+    Buf<unsigned char> ws(table().workspace_bytes(cf::Pass::PoolHw, geo));
+    launched(table().pool_hw({geo, x.p, mean.p, mx.p, arg.p, cnt.p, ws.p}, nullptr), "pool_hw launch");
     pools_match("pool_hw", n * c, mean_hw, max_hw, arg_hw, cnt_hw);
   }
   {
-    Buf<unsigned char> ws(cf::pool_workspace_bytes<T>(n, c, p, cl, false, rows));
-    if (cf::launch_pool_c<T>(x.p, a.p, n, c, p, cl, mean.p, mx.p, arg.p, cnt.p, ws.p, nullptr, rows) != cudaSuccess)
-      expect(false, "pool_c launch", shape, 0, 0, 0);
+    Buf<unsigned char> ws(table().workspace_bytes(cf::Pass::PoolC, geo));
+    launched(table().pool_c({geo, x.p, a.p, mean.p, mx.p, arg.p, cnt.p, ws.p}, nullptr), "pool_c launch");
     pools_match("pool_c", n * p, mean_c, max_c, arg_c, cnt_c);
   }
+  {  // inference: no argmax, no count (nothing may be written through them)
+    Buf<unsigned char> ws(table().workspace_bytes(cf::Pass::PoolHw, geo));
+    launched(table().pool_hw({geo, x.p, mean.p, mx.p, nullptr, nullptr, ws.p}, nullptr), "pool_hw launch");
+    near("pool_hw mean (no argmax)", shape, mean.p, mean_hw);
+  }
   // apply_gates
-  cf::launch_apply_gates<T>(x.p, a.p, s.p, n, c, p, cl, y.p, nullptr);
+  launched(table().apply_gates({geo, x.p, a.p, s.p, y.p}, nullptr), "apply_gates launch");
   for (index_t ni = 0; ni < n; ++ni)
     for (index_t ci = 0; ci < c; ++ci)
       for (index_t pi = 0; pi < p; ++pi) {
@@ -122,8 +140,8 @@ template <typename T> static void check_shape(index_t n, index_t c, index_t p, b
   // gate_grads
   {
     Buf<float> ga(n * c), gs(n * p);
-    Buf<unsigned char> ws(cf::gate_grads_workspace_bytes<T>(n, c, p, cl, rows));
-    cf::launch_gate_grads<T>(gy.p, x.p, a.p, s.p, n, c, p, cl, ga.p, gs.p, ws.p, nullptr, rows);
+    Buf<unsigned char> ws(table().workspace_bytes(cf::Pass::GateGrads, geo));
+    launched(table().gate_grads({geo, gy.p, x.p, a.p, s.p, ga.p, gs.p, ws.p}, nullptr), "gate_grads launch");
     std::vector<double> hga(n * c), hgs(n * p);
     for (index_t ni = 0; ni < n; ++ni)
       for (index_t ci = 0; ci < c; ++ci)
@@ -143,10 +161,15 @@ template <typename T> static void check_shape(index_t n, index_t c, index_t p, b
     std::memcpy(argc.p, arg_c.data(), n * p * sizeof(int));
     std::memcpy(maxh.p, max_hw.data(), n * c * sizeof(float));
     std::memcpy(argh.p, arg_hw.data(), n * c * sizeof(int));
-    Buf<unsigned char> ws(cf::pool_c_grad_a_workspace_bytes<T>(n, c, p, cl, rows));
-    cf::launch_pool_c_grad_a<T>(x.p, a.p, u.p, v.p, argc.p, maxc.p, split, n, c, p, cl, ga.p, ws.p, nullptr, rows);
-    cf::launch_input_grad<T>(gy.p, split ? x.p : nullptr, a.p, s.p, u.p, v.p, argc.p, maxc.p, uh.p, vh.p, argh.p,
-                             maxh.p, split, n, c, p, cl, gx.p, nullptr);
+    Buf<unsigned char> ws(table().workspace_bytes(cf::Pass::PoolCGradA, geo));
+    // only the tie operand of the style is passed: the other must not be read
+    const cf::TieOperand tie_c{split ? nullptr : argc.p, split ? maxc.p : nullptr};
+    const cf::TieOperand tie_hw{split ? nullptr : argh.p, split ? maxh.p : nullptr};
+    launched(table().pool_c_grad_a({geo, x.p, a.p, u.p, v.p, tie_c, ga.p, ws.p}, nullptr), "pool_c_grad_a launch");
+    launched(table().input_grad({geo, gy.p, split ? x.p : nullptr, a.p, s.p, u.p, v.p, tie_c, uh.p, vh.p, tie_hw,
+                                 bool(split), gx.p},
+                                nullptr),
+             "input_grad launch");
     std::vector<double> hga(n * c);
     for (index_t ni = 0; ni < n; ++ni)
       for (index_t ci = 0; ci < c; ++ci)

@@ -1,83 +1,87 @@
-// extern "C" entry points over the launchers of csrc/cuda/passes.cuh, for the CPU emulator
-// (tests/cudaemu.py loads the library built from this file with ctypes). They call the very
-// launchers the ATen glue (csrc/cuda/passes_cuda.cu) calls; only the dtype switch is repeated here.
-// Every entry point returns a cudaError_t code (0 = success) after the (synchronous) launches.
-#include "cuda/passes.cuh"
+// extern "C" entry points over the CUDA PassTable (csrc/cuda/pass_table.cuh), for the CPU emulator:
+// tests/cudaemu.py loads the library built from this file with ctypes. cbam_emu_pass_table() hands
+// the table itself to a caller that fills the argument structs of csrc/pass_args.h; the other entry
+// points fill those structs from plain arguments for the pass-level tests, and call through the same
+// table (so the dtype switch is the table's). Each returns a cudaError_t code (0 = success) after the
+// (synchronous) launches.
+#include <cstdint>
 
-namespace cf = cbam_fused::cuda;
-using cf::index_t;
+// Rows per reduction tile (0 = the launchers' default): set by tests to force several tiles per
+// reduction on small shapes; read by csrc/cuda/passes.cuh through this hook.
+static long long cbam_emu_reduce_rows = 0;
+#define CBAM_CUDA_TEST_REDUCE_ROWS ::cbam_emu_reduce_rows
 
-// dtype codes shared with tests/cudaemu.py
-#define CBAM_EMU_DISPATCH(code, ...)                                            \
-  switch (code) {                                                               \
-    case 0: { using T = float; __VA_ARGS__; }                                   \
-    case 1: { using T = c10::Half; __VA_ARGS__; }                               \
-    case 2: { using T = c10::BFloat16; __VA_ARGS__; }                           \
-    case 3: { using T = double; __VA_ARGS__; }                                  \
-    default: return -1;                                                         \
-  }
+#include "cuda/pass_table.cuh"
 
-#define P(T, v) static_cast<T>(v)
-#define ACC(v) static_cast<const cf::acc_of<T>*>(v)
-#define OUT(v) static_cast<cf::acc_of<T>*>(v)
+namespace cf = cbam_fused;
+using index_t = std::int64_t;
 
-static int done(cudaError_t e) { return e == cudaSuccess ? int(cudaDeviceSynchronize()) : int(e); }
+static const cf::PassTable& table() { return cf::cuda::cuda_pass_table(); }
+
+static int done(int e) { return e == 0 ? int(cudaDeviceSynchronize()) : e; }
+
+static cf::Geometry geometry(int dtype, int layout, index_t n, index_t c, index_t p) {
+  return {n, c, p, static_cast<cf::DType>(dtype), static_cast<cf::Layout>(layout)};
+}
 
 extern "C" {
 
-long long cbam_emu_pool_workspace(int dtype, index_t n, index_t c, index_t p, int cl, int over_pixels,
-                                  index_t rows) {
-  CBAM_EMU_DISPATCH(dtype, return (long long)cf::pool_workspace_bytes<T>(n, c, p, cl, over_pixels, rows))
+const void* cbam_emu_pass_table() { return &table(); }
+
+void cbam_emu_set_reduce_rows(long long rows) { cbam_emu_reduce_rows = rows; }
+
+long long cbam_emu_workspace(int pass, int dtype, int layout, index_t n, index_t c, index_t p) {
+  return (long long)table().workspace_bytes(static_cast<cf::Pass>(pass), geometry(dtype, layout, n, c, p));
 }
 
-long long cbam_emu_gate_grads_workspace(int dtype, index_t n, index_t c, index_t p, int cl, index_t rows) {
-  CBAM_EMU_DISPATCH(dtype, return (long long)cf::gate_grads_workspace_bytes<T>(n, c, p, cl, rows))
+int cbam_emu_pool_hw(int dtype, int layout, index_t n, index_t c, index_t p, const void* x, void* mean, void* max,
+                     int32_t* argmax, int32_t* count, void* ws) {
+  return done(table().pool_hw({geometry(dtype, layout, n, c, p), x, mean, max, argmax, count, ws}, nullptr));
 }
 
-long long cbam_emu_pool_c_grad_a_workspace(int dtype, index_t n, index_t c, index_t p, int cl, index_t rows) {
-  CBAM_EMU_DISPATCH(dtype, return (long long)cf::pool_c_grad_a_workspace_bytes<T>(n, c, p, cl, rows))
+int cbam_emu_pool_c(int dtype, int layout, index_t n, index_t c, index_t p, const void* x, const void* a,
+                    void* mean, void* max, int32_t* argmax, int32_t* count, void* ws) {
+  return done(table().pool_c({geometry(dtype, layout, n, c, p), x, a, mean, max, argmax, count, ws}, nullptr));
 }
 
-int cbam_emu_pool_hw(int dtype, const void* x, index_t n, index_t c, index_t p, int cl, void* mean, void* max,
-                     int* arg, int* count, void* ws, index_t rows) {
-  CBAM_EMU_DISPATCH(dtype, return done(cf::launch_pool_hw<T>(P(const T*, x), n, c, p, cl, OUT(mean), OUT(max),
-                                                              arg, count, ws, nullptr, rows)))
+int cbam_emu_apply_gates(int dtype, int layout, index_t n, index_t c, index_t p, const void* x, const void* a,
+                         const void* s, void* y) {
+  return done(table().apply_gates({geometry(dtype, layout, n, c, p), x, a, s, y}, nullptr));
 }
 
-int cbam_emu_pool_c(int dtype, const void* x, const void* a, index_t n, index_t c, index_t p, int cl, void* mean,
-                    void* max, int* arg, int* count, void* ws, index_t rows) {
-  CBAM_EMU_DISPATCH(dtype, return done(cf::launch_pool_c<T>(P(const T*, x), ACC(a), n, c, p, cl, OUT(mean),
-                                                             OUT(max), arg, count, ws, nullptr, rows)))
+int cbam_emu_gate_grads(int dtype, int layout, index_t n, index_t c, index_t p, const void* gy, const void* x,
+                        const void* a, const void* s, void* ga, void* gs, void* ws) {
+  return done(table().gate_grads({geometry(dtype, layout, n, c, p), gy, x, a, s, ga, gs, ws}, nullptr));
 }
 
-int cbam_emu_apply_gates(int dtype, const void* x, const void* a, const void* s, index_t n, index_t c, index_t p,
-                         int cl, void* y) {
-  CBAM_EMU_DISPATCH(dtype, return done(cf::launch_apply_gates<T>(P(const T*, x), ACC(a), ACC(s), n, c, p, cl,
-                                                                  P(T*, y), nullptr)))
+// tie: argmax (index-style) or max (split-style); the caller passes the one of its style
+int cbam_emu_pool_c_grad_a(int dtype, int layout, index_t n, index_t c, index_t p, const void* x, const void* a,
+                           const void* u, const void* v, const int32_t* tie_argmax, const void* tie_max, void* ga,
+                           void* ws) {
+  return done(table().pool_c_grad_a(
+      {geometry(dtype, layout, n, c, p), x, a, u, v, cf::TieOperand{tie_argmax, tie_max}, ga, ws}, nullptr));
 }
 
-int cbam_emu_gate_grads(int dtype, const void* gy, const void* x, const void* a, const void* s, index_t n,
-                        index_t c, index_t p, int cl, void* ga, void* gs, void* ws, index_t rows) {
-  CBAM_EMU_DISPATCH(dtype, return done(cf::launch_gate_grads<T>(P(const T*, gy), P(const T*, x), ACC(a), ACC(s),
-                                                                 n, c, p, cl, OUT(ga), OUT(gs), ws, nullptr, rows)))
+int cbam_emu_input_grad(int dtype, int layout, index_t n, index_t c, index_t p, const void* gy, const void* x,
+                        const void* a, const void* s, const void* u_c, const void* v_c, const int32_t* argmax_c,
+                        const void* max_c, const void* u_hw, const void* v_hw, const int32_t* argmax_hw,
+                        const void* max_hw, int split, void* gx) {
+  cf::InputGradArgs args{geometry(dtype, layout, n, c, p),
+                         gy,
+                         x,
+                         a,
+                         s,
+                         u_c,
+                         v_c,
+                         cf::TieOperand{argmax_c, max_c},
+                         u_hw,
+                         v_hw,
+                         cf::TieOperand{argmax_hw, max_hw},
+                         split != 0,
+                         gx};
+  return done(table().input_grad(args, nullptr));
 }
 
-int cbam_emu_pool_c_grad_a(int dtype, const void* x, const void* a, const void* u, const void* v, const int* arg,
-                           const void* max, int split, index_t n, index_t c, index_t p, int cl, void* ga, void* ws,
-                           index_t rows) {
-  CBAM_EMU_DISPATCH(dtype, return done(cf::launch_pool_c_grad_a<T>(P(const T*, x), ACC(a), ACC(u), ACC(v), arg,
-                                                                    ACC(max), split, n, c, p, cl, OUT(ga), ws,
-                                                                    nullptr, rows)))
-}
-
-int cbam_emu_input_grad(int dtype, const void* gy, const void* x, const void* a, const void* s, const void* u_c,
-                        const void* v_c, const int* arg_c, const void* max_c, const void* u_hw, const void* v_hw,
-                        const int* arg_hw, const void* max_hw, int split, index_t n, index_t c, index_t p, int cl,
-                        void* gx) {
-  CBAM_EMU_DISPATCH(dtype, return done(cf::launch_input_grad<T>(P(const T*, gy), P(const T*, x), ACC(a), ACC(s),
-                                                                 ACC(u_c), ACC(v_c), arg_c, ACC(max_c), ACC(u_hw),
-                                                                 ACC(v_hw), arg_hw, ACC(max_hw), split, n, c, p,
-                                                                 cl, P(T*, gx), nullptr)))
-}
+const char* cbam_emu_error_string(int code) { return table().error_string(code); }
 
 }  // extern "C"

@@ -1,0 +1,67 @@
+// The CUDA device's PassTable (csrc/pass_args.h): each entry picks the launcher of passes.cuh for the
+// operand's dtype (the layout is a runtime branch inside the launchers). The
+// only dtype switch of the CUDA kernels: the ATen glue (passes_cuda.cu) and the emulator shim
+// (tests/cudaemu/emu_shim.cu) both call through this table. Compiles with nvcc and with cucc.
+#pragma once
+
+#include "pass_args.h"
+#include "cuda/passes.cuh"
+
+namespace cbam_fused::cuda {
+namespace table {
+
+// `CALL` names the full-size dtype as T.
+#define CBAM_CUDA_BY_DTYPE(dtype, CALL)                   \
+  switch (dtype) {                                        \
+    case DType::F32: { using T = float; return CALL; }    \
+    case DType::F64: { using T = double; return CALL; }   \
+    case DType::BF16: { using T = c10::BFloat16; return CALL; } \
+    case DType::F16: { using T = c10::Half; return CALL; } \
+  }
+
+inline cudaStream_t stream_of(void* s) { return static_cast<cudaStream_t>(s); }
+
+inline int pool_hw(const PoolHwArgs& a, void* s) {
+  CBAM_CUDA_BY_DTYPE(a.g.dtype, int(launch_pool_hw<T>(a, stream_of(s))))
+  return int(cudaErrorInvalidValue);
+}
+inline int pool_c(const PoolCArgs& a, void* s) {
+  CBAM_CUDA_BY_DTYPE(a.g.dtype, int(launch_pool_c<T>(a, stream_of(s))))
+  return int(cudaErrorInvalidValue);
+}
+inline int apply_gates(const ApplyGatesArgs& a, void* s) {
+  CBAM_CUDA_BY_DTYPE(a.g.dtype, int(launch_apply_gates<T>(a, stream_of(s))))
+  return int(cudaErrorInvalidValue);
+}
+inline int gate_grads(const GateGradsArgs& a, void* s) {
+  CBAM_CUDA_BY_DTYPE(a.g.dtype, int(launch_gate_grads<T>(a, stream_of(s))))
+  return int(cudaErrorInvalidValue);
+}
+inline int pool_c_grad_a(const PoolCGradAArgs& a, void* s) {
+  CBAM_CUDA_BY_DTYPE(a.g.dtype, int(launch_pool_c_grad_a<T>(a, stream_of(s))))
+  return int(cudaErrorInvalidValue);
+}
+inline int input_grad(const InputGradArgs& a, void* s) {
+  CBAM_CUDA_BY_DTYPE(a.g.dtype, int(launch_input_grad<T>(a, stream_of(s))))
+  return int(cudaErrorInvalidValue);
+}
+inline std::size_t workspace(Pass pass, const Geometry& g) {
+  CBAM_CUDA_BY_DTYPE(g.dtype, cuda::workspace_bytes<T>(pass, g))
+  return 0;
+}
+
+#undef CBAM_CUDA_BY_DTYPE
+
+inline const char* error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
+
+}  // namespace table
+
+inline const PassTable& cuda_pass_table() {
+  static const PassTable t{&table::pool_hw,       &table::pool_c,        &table::apply_gates,
+                           &table::gate_grads,    &table::pool_c_grad_a, &table::input_grad,
+                           nullptr,               nullptr,               &table::workspace,
+                           nullptr,               &table::error_string};
+  return t;
+}
+
+}  // namespace cbam_fused::cuda
