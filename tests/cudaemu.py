@@ -26,7 +26,8 @@ from cbam_fused.passes import acc_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "csrc" / "pass_args.h", ROOT / "csrc" / "cuda" / "passes.cuh",
-           ROOT / "csrc" / "cuda" / "pass_table.cuh", ROOT / "tests" / "cudaemu" / "emu_shim.cu"]
+           ROOT / "csrc" / "cuda" / "spatial_conv.cuh", ROOT / "csrc" / "cuda" / "pass_table.cuh",
+           ROOT / "tests" / "cudaemu" / "emu_shim.cu"]
 BUILD_DIR = ROOT / "build" / "cudaemu"
 # csrc/pass_args.h: DType, Layout and Pass numbering
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
@@ -119,16 +120,20 @@ def unavailable_reason() -> str | None:
 def _declare(lib):
     L, I, V = ctypes.c_longlong, ctypes.c_int, ctypes.c_void_p
     G = [I, I, L, L, L]  # dtype, layout, n, c, p
+    conv = [L, L, L, L, I]  # n, h, w, k, f64
     sig = {
         "pass_table": (V, []),
         "set_reduce_rows": (None, [L]),
         "workspace": (L, [I, *G]),
+        "conv_grad_workspace": (L, conv),
         "pool_hw": (I, [*G, V, V, V, V, V, V]),
         "pool_c": (I, [*G, V, V, V, V, V, V, V]),
         "apply_gates": (I, [*G, V, V, V, V]),
         "gate_grads": (I, [*G, V, V, V, V, V, V, V]),
         "pool_c_grad_a": (I, [*G, V, V, V, V, V, V, V, V]),
         "input_grad": (I, [*G, *[V] * 12, I, V]),
+        "spatial_conv": (I, [*conv, V, V, V, V, V]),
+        "spatial_conv_grad": (I, [*conv, *[V] * 9]),
         "error_string": (ctypes.c_char_p, [I]),
     }
     for name, (res, args) in sig.items():
@@ -276,6 +281,39 @@ class EmuPasses:
             _ptr(u_c), _ptr(v_c), *_tie(argmax_c, max_c, split),
             _ptr(u_hw), _ptr(v_hw), *_tie(argmax_hw, max_hw, split), bool(split), gx.data_ptr()), "input_grad")
         return gx
+
+    @staticmethod
+    def _conv_operands(in0, in1, weight, h, w, grad_out=None):
+        """Checked like the ops' glue (csrc/spatial_conv_checks.h): [N, h*w] planes, weight [1, 2, K, K]."""
+        if in0.dtype not in (torch.float32, torch.float64) or in0.dim() != 2 or in0.shape[1] != h * w:
+            raise ValueError(f"in0 must be a float32/float64 [N, {h * w}] tensor, got {in0.dtype} {tuple(in0.shape)}")
+        for t, name in ((in1, "in1"), (grad_out, "grad_out")):
+            if t is not None and (t.dtype != in0.dtype or t.shape != in0.shape):
+                raise ValueError(f"{name} must match in0 in dtype and shape")
+        k = weight.shape[-1]
+        if weight.dtype != in0.dtype or tuple(weight.shape) != (1, 2, k, k) or k % 2 == 0:
+            raise ValueError(f"weight must be [1, 2, K, K] with K odd, got {tuple(weight.shape)}")
+        return in0.shape[0], k, in0.dtype == torch.float64
+
+    def spatial_conv(self, in0, in1, weight, bias, h, w):
+        n, k, f64 = self._conv_operands(in0, in1, weight, h, w)
+        in0, in1, weight = in0.contiguous(), in1.contiguous(), weight.contiguous()
+        out = torch.empty_like(in0)
+        self._check(self.lib.cbam_emu_spatial_conv(n, h, w, k, f64, in0.data_ptr(), in1.data_ptr(),
+                                                   weight.data_ptr(), _ptr(bias), out.data_ptr()), "spatial_conv")
+        return out
+
+    def spatial_conv_backward(self, grad_out, in0, in1, weight, has_bias, h, w):
+        n, k, f64 = self._conv_operands(in0, in1, weight, h, w, grad_out)
+        grad_out, in0, in1, weight = (t.contiguous() for t in (grad_out, in0, in1, weight))
+        g0, g1, gw = torch.empty_like(in0), torch.empty_like(in1), torch.empty_like(weight)
+        gb = weight.new_empty(1 if has_bias else 0)
+        ws = torch.empty(int(self.lib.cbam_emu_conv_grad_workspace(n, h, w, k, f64)), dtype=torch.uint8)
+        self._check(self.lib.cbam_emu_spatial_conv_grad(
+            n, h, w, k, f64, in0.data_ptr(), in1.data_ptr(), weight.data_ptr(), grad_out.data_ptr(),
+            g0.data_ptr(), g1.data_ptr(), gw.data_ptr(), gb.data_ptr() if has_bias else None, ws.data_ptr()),
+            "spatial_conv_backward")
+        return g0, g1, gw, gb
 
 
 def register() -> None:

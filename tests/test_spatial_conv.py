@@ -1,7 +1,11 @@
 """The spatial gate's convolution (two [N, H*W] planes, a [1, 2, K, K] kernel, 'same' zero padding, one
-output plane) and its gradients, on every implementation: the C++ CPU kernels (through the ops
-``cbam_fused::spatial_conv`` / ``spatial_conv_backward``) and the pure-torch spec (``TorchPasses``).
-The oracle is ``F.conv2d`` with autograd in float64 on the same (rounded) inputs.
+output plane) and its gradients, on every implementation: the C++ CPU kernels and the CUDA kernels
+(through the ops ``cbam_fused::spatial_conv`` / ``spatial_conv_backward``), the CUDA kernels on the
+emulator, and the pure-torch spec (``TorchPasses``). The oracle is ``F.conv2d`` with autograd in
+float64 on the same (rounded) inputs.
+
+Run the emulator cases in each thread order as its own process:
+``CUDACPU_ORDER=fwd|rev|rand pytest -m emulator tests/test_spatial_conv.py``.
 """
 import pytest
 import torch
@@ -14,6 +18,8 @@ from .conftest import require_backend
 IMPLS = [
     pytest.param("cpu", id="cpu"),
     pytest.param("spec", id="spec"),
+    pytest.param("cudaemu", id="cudaemu", marks=pytest.mark.emulator),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
 ]
 DTYPES = [torch.float32, torch.float64]
 # (N, H, W): odd sizes, H or W smaller than K = 7, a single pixel, a single row, an empty batch, rows
@@ -38,10 +44,16 @@ class Ops:
 @pytest.fixture(params=IMPLS)
 def impl(request):
     name = request.param
-    if name == "cpu":
+    if name in ("cpu", "cuda"):
         require_backend(name)
         return Ops(name)
-    passes = TorchPasses()
+    if name == "cudaemu":
+        require_backend("cudaemu")
+        from tests import cudaemu
+
+        passes = cudaemu.EmuPasses()
+    else:
+        passes = TorchPasses()
     passes.device = "cpu"
     return passes
 

@@ -1,11 +1,12 @@
-// The CUDA device's PassTable (csrc/pass_args.h): each entry picks the launcher of passes.cuh for the
-// operand's dtype (the layout is a runtime branch inside the launchers). The
+// The CUDA device's PassTable (csrc/pass_args.h): each entry picks the launcher of passes.cuh or
+// spatial_conv.cuh for the operand's dtype (the layout is a runtime branch inside the launchers). The
 // only dtype switch of the CUDA kernels: the ATen glue (passes_cuda.cu) and the emulator shim
 // (tests/cudaemu/emu_shim.cu) both call through this table. Compiles with nvcc and with cucc.
 #pragma once
 
 #include "pass_args.h"
 #include "cuda/passes.cuh"
+#include "cuda/spatial_conv.cuh"
 
 namespace cbam_fused::cuda {
 namespace table {
@@ -52,6 +53,13 @@ inline std::size_t workspace(Pass pass, const Geometry& g) {
 
 #undef CBAM_CUDA_BY_DTYPE
 
+inline int spatial_conv(const SpatialConvArgs& a, void* s) {
+  return int(a.f64 ? launch_spatial_conv<double>(a, stream_of(s)) : launch_spatial_conv<float>(a, stream_of(s)));
+}
+inline int spatial_conv_grad(const SpatialConvGradArgs& a, void* s) {
+  return int(a.f64 ? launch_spatial_conv_grad<double>(a, stream_of(s))
+                   : launch_spatial_conv_grad<float>(a, stream_of(s)));
+}
 inline const char* error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
 
 }  // namespace table
@@ -59,8 +67,8 @@ inline const char* error_string(int code) { return cudaGetErrorString(static_cas
 inline const PassTable& cuda_pass_table() {
   static const PassTable t{&table::pool_hw,       &table::pool_c,        &table::apply_gates,
                            &table::gate_grads,    &table::pool_c_grad_a, &table::input_grad,
-                           nullptr,               nullptr,               &table::workspace,
-                           nullptr,               &table::error_string};
+                           &table::spatial_conv,  &table::spatial_conv_grad, &table::workspace,
+                           &spatial_conv_grad_workspace_bytes, &table::error_string};
   return t;
 }
 

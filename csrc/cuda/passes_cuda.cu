@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "cuda/pass_table.cuh"
+#include "spatial_conv_checks.h"
 
 namespace cbam_fused::cuda {
 namespace {
@@ -189,6 +190,36 @@ Tensor input_grad(const Tensor& gy, const OptTensor& x_opt, const OptTensor& a_o
   return gx;
 }
 
+Tensor spatial_conv(const Tensor& in0, const Tensor& in1, const Tensor& weight, const OptTensor& bias, int64_t h,
+                    int64_t w) {
+  const ConvOperands c =
+      check_conv_operands("spatial_conv", c10::DeviceType::CUDA, in0, in1, weight, bias, nullptr, h, w);
+  const c10::cuda::CUDAGuard guard(in0.device());
+  Tensor out = at::empty({c.n, h * w}, c.in0.options());
+  check(passes().spatial_conv({c.n, c.h, c.w, c.k, c.f64, ptr(c.in0), ptr(c.in1), ptr(c.weight), ptr(c.bias),
+                               ptr(out)}, stream()),
+        "spatial_conv");
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> spatial_conv_backward(const Tensor& grad_out, const Tensor& in0,
+                                                                 const Tensor& in1, const Tensor& weight,
+                                                                 bool has_bias, int64_t h, int64_t w) {
+  const ConvOperands c = check_conv_operands("spatial_conv_backward", c10::DeviceType::CUDA, in0, in1, weight,
+                                             std::nullopt, &grad_out, h, w);
+  const c10::cuda::CUDAGuard guard(in0.device());
+  Tensor g0 = at::empty({c.n, h * w}, c.in0.options()), g1 = at::empty({c.n, h * w}, c.in0.options());
+  Tensor gw = at::empty(c.weight.sizes(), c.weight.options());
+  Tensor gb = at::empty({has_bias ? 1 : 0}, c.weight.options());
+  Tensor ws = at::empty({static_cast<int64_t>(passes().conv_grad_workspace_bytes(c.n, c.h, c.w, c.k, c.f64))},
+                        c.in0.options().dtype(at::kByte));
+  check(passes().spatial_conv_grad({c.n, c.h, c.w, c.k, c.f64, ptr(c.in0), ptr(c.in1), ptr(c.weight),
+                                    ptr(c.grad_out), ptr(g0), ptr(g1), ptr(gw), has_bias ? ptr(gb) : nullptr,
+                                    ptr(ws)}, stream()),
+        "spatial_conv_backward");
+  return {g0, g1, gw, gb};
+}
+
 }  // namespace
 }  // namespace cbam_fused::cuda
 
@@ -200,4 +231,6 @@ TORCH_LIBRARY_IMPL(cbam_fused, CUDA, m) {
   m.impl("gate_grads", &k::gate_grads);
   m.impl("pool_c_grad_a", &k::pool_c_grad_a);
   m.impl("input_grad", &k::input_grad);
+  m.impl("spatial_conv", &k::spatial_conv);
+  m.impl("spatial_conv_backward", &k::spatial_conv_backward);
 }

@@ -1,5 +1,5 @@
 // AddressSanitizer driver: runs every entry of the CUDA PassTable (csrc/cuda/pass_table.cuh: the
-// launchers of passes.cuh) on a few odd and misaligned shapes, with exact-size
+// launchers of passes.cuh and spatial_conv.cuh) on a few odd and misaligned shapes, with exact-size
 // cudaMalloc buffers (an overrun is a heap-buffer-overflow), and checks the results against plain host
 // loops written here. Built by tests/test_cuda_emulator.py with `cucc -fsanitize=address -g -O1`;
 // prints "asan_driver: all checks passed" and exits 0 on success.
@@ -187,7 +187,79 @@ template <typename T> static void check_shape(index_t n, index_t c, index_t p, b
   }
 }
 
+// The spatial convolution and its gradients, float and double, on values that are small multiples of
+// 1/4: every product and sum here is exact, so results must equal the host loops bit for bit.
+template <typename A> static void check_conv(index_t n, index_t h, index_t w, int k, bool with_bias, int skew) {
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "conv %s n%lld h%lld w%lld k%d bias%d skew%d", sizeof(A) == 4 ? "f32" : "f64",
+                (long long)n, (long long)h, (long long)w, k, int(with_bias), skew);
+  const index_t total = n * h * w, kk = index_t(k) * k, r = k / 2;
+  const bool f64 = sizeof(A) == 8;
+  std::mt19937 rng(unsigned(total * 7 + k));
+  std::uniform_int_distribution<int> q(-8, 8);
+  Buf<A> in0(total, skew), in1(total, skew), g(total, skew), out(total, skew), gi0(total, skew), gi1(total, skew);
+  Buf<A> wt(2 * kk), b(1), gw(2 * kk), gb(1);
+  for (index_t i = 0; i < total; ++i) {
+    in0.p[i] = A(q(rng)) / 4;
+    in1.p[i] = A(q(rng)) / 4;
+    g.p[i] = A(q(rng)) / 4;
+  }
+  for (index_t i = 0; i < 2 * kk; ++i) wt.p[i] = A(q(rng)) / 4;
+  b.p[0] = A(0.75);
+  const A* ins[2] = {in0.p, in1.p};
+  auto inside = [&](index_t y, index_t x) { return y >= 0 && y < h && x >= 0 && x < w; };
+  std::vector<double> want_out(total, with_bias ? 0.75 : 0.0), want_g0(total), want_g1(total), want_gw(2 * kk);
+  double want_gb = 0;
+  for (index_t ni = 0; ni < n; ++ni)
+    for (index_t y = 0; y < h; ++y)
+      for (index_t x = 0; x < w; ++x) {
+        const index_t o = (ni * h + y) * w + x;
+        want_gb += g.p[o];
+        for (int ci = 0; ci < 2; ++ci)
+          for (index_t i = 0; i < k; ++i)
+            for (index_t j = 0; j < k; ++j) {
+              const index_t yy = y + i - r, xx = x + j - r;
+              if (!inside(yy, xx)) continue;
+              const index_t src = (ni * h + yy) * w + xx, t = ci * kk + i * k + j;
+              want_out[o] += double(wt.p[t]) * double(ins[ci][src]);
+              (ci == 0 ? want_g0 : want_g1)[src] += double(wt.p[t]) * double(g.p[o]);
+              want_gw[t] += double(ins[ci][src]) * double(g.p[o]);
+            }
+      }
+  auto same = [&](const char* what, const A* got, const std::vector<double>& want) {
+    for (std::size_t i = 0; i < want.size(); ++i)
+      expect(double(got[i]) == want[i], what, shape, index_t(i), got[i], want[i]);
+  };
+  if (table().spatial_conv({n, h, w, k, f64, in0.p, in1.p, wt.p, with_bias ? b.p : nullptr, out.p}, nullptr) != 0)
+    expect(false, "spatial_conv launch", shape, 0, 0, 0);
+  same("spatial_conv", out.p, want_out);
+  Buf<unsigned char> ws(table().conv_grad_workspace_bytes(n, h, w, k, f64));
+  if (table().spatial_conv_grad({n, h, w, k, f64, in0.p, in1.p, wt.p, g.p, gi0.p, gi1.p, gw.p,
+                                 with_bias ? gb.p : nullptr, ws.p},
+                                nullptr) != 0)
+    expect(false, "spatial_conv_grad launch", shape, 0, 0, 0);
+  same("spatial_conv grad_in0", gi0.p, want_g0);
+  same("spatial_conv grad_in1", gi1.p, want_g1);
+  same("spatial_conv grad_weight", gw.p, want_gw);
+  if (with_bias) expect(double(gb.p[0]) == want_gb, "spatial_conv grad_bias", shape, 0, gb.p[0], want_gb);
+  // a subset of the outputs: the others are neither read nor written
+  gb.p[0] = A(0);
+  if (table().spatial_conv_grad({n, h, w, k, f64, nullptr, nullptr, wt.p, g.p, nullptr, gi1.p, nullptr, gb.p, ws.p},
+                                nullptr) != 0)
+    expect(false, "spatial_conv_grad (subset) launch", shape, 0, 0, 0);
+  same("spatial_conv grad_in1 (subset)", gi1.p, want_g1);
+  expect(double(gb.p[0]) == want_gb, "spatial_conv grad_bias (subset)", shape, 0, gb.p[0], want_gb);
+}
+
 int main() {
+  // H or W below K, a single pixel, two weight-gradient chunks (2800 pixels)
+  struct { index_t n, h, w; int k; } convs[] = {{2, 5, 7, 3}, {1, 3, 2, 7}, {1, 1, 1, 1}, {3, 13, 11, 7},
+                                                {1, 40, 70, 5}};
+  for (auto cv : convs)
+    for (int skew = 0; skew < 2; ++skew) {
+      check_conv<float>(cv.n, cv.h, cv.w, cv.k, skew == 0, skew);
+      check_conv<double>(cv.n, cv.h, cv.w, cv.k, skew == 1, skew);
+    }
   struct { index_t n, c, p; } shapes[] = {{2, 3, 30}, {1, 17, 143}, {3, 24, 1}, {2, 37, 35}, {1, 300, 9}, {1, 5, 323}};
   for (auto sh : shapes)
     for (int cl = 0; cl < 2; ++cl)

@@ -34,6 +34,10 @@ long long cbam_emu_workspace(int pass, int dtype, int layout, index_t n, index_t
   return (long long)table().workspace_bytes(static_cast<cf::Pass>(pass), geometry(dtype, layout, n, c, p));
 }
 
+long long cbam_emu_conv_grad_workspace(index_t n, index_t h, index_t w, index_t k, int f64) {
+  return (long long)table().conv_grad_workspace_bytes(n, h, w, k, f64 != 0);
+}
+
 int cbam_emu_pool_hw(int dtype, int layout, index_t n, index_t c, index_t p, const void* x, void* mean, void* max,
                      int32_t* argmax, int32_t* count, void* ws) {
   return done(table().pool_hw({geometry(dtype, layout, n, c, p), x, mean, max, argmax, count, ws}, nullptr));
@@ -80,6 +84,18 @@ int cbam_emu_input_grad(int dtype, int layout, index_t n, index_t c, index_t p, 
                          split != 0,
                          gx};
   return done(table().input_grad(args, nullptr));
+}
+
+int cbam_emu_spatial_conv(index_t n, index_t h, index_t w, index_t k, int f64, const void* in0, const void* in1,
+                          const void* weight, const void* bias, void* out) {
+  return done(table().spatial_conv({n, h, w, k, f64 != 0, in0, in1, weight, bias, out}, nullptr));
+}
+
+int cbam_emu_spatial_conv_grad(index_t n, index_t h, index_t w, index_t k, int f64, const void* in0, const void* in1,
+                               const void* weight, const void* grad_out, void* grad_in0, void* grad_in1,
+                               void* grad_weight, void* grad_bias, void* ws) {
+  return done(table().spatial_conv_grad(
+      {n, h, w, k, f64 != 0, in0, in1, weight, grad_out, grad_in0, grad_in1, grad_weight, grad_bias, ws}, nullptr));
 }
 
 const char* cbam_emu_error_string(int code) { return table().error_string(code); }
