@@ -32,8 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .small_steps import conv_weight_grad
-
 __all__ = ["acc_dtype", "TorchPasses"]
 
 
@@ -156,6 +154,9 @@ class TorchPasses:
         if n == 0:  # no pixels: zero weight gradients (the banded sum needs a pixel row)
             gw = torch.zeros_like(weight)
         else:
+            # imported here: this module also loads on its own, as a file (tests/test_cmake_build.py)
+            from .small_steps import conv_weight_grad
+
             gw = conv_weight_grad(torch.stack((in0, in1), dim=1).reshape(n, 2, h, w), gc, k)
         gb = grad_out.sum().reshape(1) if has_bias else grad_out.new_empty(0)
         return gq[:, 0].contiguous(), gq[:, 1].contiguous(), gw, gb
