@@ -318,6 +318,8 @@ std::string cpu_info() {
 
 }  // namespace
 
+const KernelTable& kernel_table() { return kernels().table; }
+
 TORCH_LIBRARY_FRAGMENT(cbam_fused, m) {
   m.def("cpu_info() -> str", &cpu_info);
 }
