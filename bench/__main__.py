@@ -69,7 +69,7 @@ def fused_backends_for(device: torch.device) -> list[str]:
 
 
 def resolve_backends(text: str, device: torch.device) -> list[str]:
-    from cbam_fused import ops
+    from cbam_fused import backends, ops
 
     out: list[str] = []
     probe = torch.empty(1, 1, 1, 1, device=device)
@@ -79,7 +79,7 @@ def resolve_backends(text: str, device: torch.device) -> list[str]:
         elif name == "spec":
             from cbam_fused.passes import TorchPasses
 
-            ops._register_passes("spec", TorchPasses())
+            backends.register_passes("spec", TorchPasses())
             names = ["spec"]
         elif name == "triton" and device.type == "cpu":
             raise SystemExit("error: backend 'triton' is not benchmarked on CPU tensors (it would run in the "

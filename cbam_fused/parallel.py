@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import ops
+from . import backends, ops
 from . import small_steps as ss
 from .passes import acc_dtype
 
@@ -61,8 +61,8 @@ class _Parallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, cfg):
         kind, pools, gate, order, bn, bn_eps, ties, backend = cfg
-        passes = ops.passes_for(backend)
-        x = ops._dense(x)
+        passes = backends.passes_for(backend)
+        x = ops.dense(x)
         acc = acc_dtype(x.dtype)
         cw = ss.ChannelWeights.of(kind, w1, b1, w2, b2, acc)
         sw = ss.SpatialWeights.of(conv_w, conv_b, order, bn, bn_w, bn_b, bn_mean, bn_var, bn_eps, acc)
@@ -83,11 +83,11 @@ class _Parallel(torch.autograd.Function):
         kind, pools, gate, order, bn, bn_eps, ties, backend = ctx.cfg
         (x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
          avg, max_hw, argmax_hw, count_hw, mean_c, max_c, argmax_c, count_c, m, l) = ctx.saved_tensors
-        passes = ops.passes_for(backend)
+        passes = backends.passes_for(backend)
         n, c, h, w = x.shape
         acc = acc_dtype(x.dtype)
         split = ties == "split"
-        gy = gy.contiguous(memory_format=ops._memory_format(x))
+        gy = gy.contiguous(memory_format=ops.memory_format(x))
         g = _gate_(gate, _summed_logits(m, l, x.shape))
         gy_acc = gy.to(acc)
         gy_direct = (gy_acc * g).to(gy.dtype)  # the gradient through the gate's multiplicand
@@ -132,11 +132,11 @@ def parallel_attention(x, *, w1, b1=None, w2=None, b2=None, channel_kind="mlp", 
                        ties="index", backend=None):
     """``(y, bn_batch_stats)`` of the parallel arrangement, with the argument conventions of
     ``cbam_fused.ops.attention`` (which validates them: call it through ``cbam_fused.modules``)."""
-    ops._validate(x, w1, b1, w2, b2, channel_kind, conv_weight, conv_bias, bn_weight, bn_bias,
+    ops.validate(x, w1, b1, w2, b2, channel_kind, conv_weight, conv_bias, bn_weight, bn_bias,
                   bn_running_mean, bn_running_var, bn_training)
     if w1 is None or conv_weight is None:
         raise ValueError("the parallel arrangement needs both a channel map (w1) and a spatial map (conv_weight)")
-    ops._check_config(channel_kind, channel_pools, gate, gate, ties)
+    ops.check_config(channel_kind, channel_pools, gate, gate, ties)
     bn = "none" if bn_training is None else ("train" if bn_training else "eval")
     if bn == "eval" and bn_running_mean is None:
         raise ValueError("BatchNorm in eval mode needs bn_running_mean and bn_running_var")

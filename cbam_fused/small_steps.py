@@ -227,7 +227,9 @@ def _conv_weight_grad(q: Tensor, gc: Tensor, k: int) -> Tensor:
         out = F.conv2d(qt[:, :, lo:hi], g[:, :, r:r + rows], padding=pad)  # rows beyond the halo: dropped
         parts.append(out[:, :, r - lo:r - lo + k])
     gw = parts[0] if len(parts) == 1 else torch.stack(parts).to(torch.float64).sum(0).to(q.dtype)
-    return gw.transpose(0, 1)
+    # A convolution with zero padding multiplies every tap by every gradient entry (0 on the padding),
+    # so a NaN or Inf anywhere in gc reaches every tap; the convolutions above skip the padding.
+    return gw.transpose(0, 1) + gc.sum() * 0
 
 
 def spatial_logits_backward(wt: SpatialWeights, q_mean, q_max, shape, bn_stats, gl: Tensor):
