@@ -71,7 +71,7 @@ def print_tables(console: Console, result: dict) -> None:
 
 
 def _print_baselines(console: Console, result: dict) -> None:
-    t = Table(title="plain passes (the yardsticks of DESIGN.md §3)", header_style="bold")
+    t = Table(title="plain passes (the yardsticks of docs/design.md §3.5)", header_style="bold")
     for col in ("shape", "dtype", "|x| MB", "clone ms", "read ms", "x*a ms", "roof fwd ms", "roof fwd+bwd ms"):
         t.add_column(col, justify="left" if col in ("shape", "dtype") else "right")
     for b in result["baselines"]:
