@@ -100,7 +100,7 @@ def _print_target_summary(console: Console, result: dict) -> None:
     summary = result.get("target_summary") or []
     if not summary:
         return
-    goals = (f"targets (issue 2): forward+backward >= {TARGETS['forward+backward']['min_speedup_vs_compile']}x "
+    goals = (f"targets: forward+backward >= {TARGETS['forward+backward']['min_speedup_vs_compile']}x "
              f"compile and >= {TARGETS['forward+backward']['min_speedup_vs_eager']}x eager; forward >= "
              f"{TARGETS['forward']['min_speedup_vs_compile']}x compile; saved <= {TARGETS['max_saved_over_x']}|x|")
     t = Table(title=goals, header_style="bold")
