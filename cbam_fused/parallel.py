@@ -4,7 +4,7 @@ Both maps come from x itself: ``m`` from the pools over pixels (channel MLP), ``
 channels (KxK conv, optional BatchNorm). The gate is not separable into a per-channel times a
 per-pixel factor, so the fused ``apply_gates`` / ``gate_grads`` passes cannot form it. This module
 uses the backend's pool passes and ``input_grad`` and does the non-separable part with torch ops
-(no new kernel pass, see DESIGN.md §2 "Other arrangements").
+(no new kernel pass, see docs/design.md §2.9).
 
 Bytes per call, in units of |x| (fp32 x; bf16/fp16 x also materialise an fp32 copy of x):
 
@@ -38,7 +38,7 @@ def _gate_(name: str, z: Tensor) -> Tensor:
 
 def _slope_(name: str, g: Tensor) -> Tensor:
     """``G'(z)`` from ``g = G(z)``, overwriting g. The hard gates' slope is nonzero exactly where
-    0 < g < 1, i.e. on the open interval of z (DESIGN.md §2)."""
+    0 < g < 1, i.e. on the open interval of z (docs/design.md §2.9)."""
     if name == "sigmoid":
         return g.addcmul_(g, g, value=-1.0)  # g * (1 - g)
     slope = 1.0 / 6.0 if name == "hard_sigmoid" else 0.2

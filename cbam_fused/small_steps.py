@@ -2,7 +2,7 @@
 
 Everything here works on tensors of size O(N*(C + H*W)) in the accumulation dtype (fp32, or fp64
 for fp64 inputs), with stock torch ops, so every backend shares it and ``torch.compile`` can trace it.
-Backward formulas are written out (DESIGN.md §2) rather than taken from autograd, because they run
+Backward formulas are written out (docs/design.md §2) rather than taken from autograd, because they run
 inside the fused backward op where autograd is not recording.
 
 * gates: value and derivative, the derivative taken from the logits;

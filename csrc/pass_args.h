@@ -1,7 +1,7 @@
 // The one interface between the orchestration (csrc/attention.cpp) and the kernels of every device:
 // an argument struct per pass and a table of entry points. Raw pointers and sizes only, no ATen, so
 // this header compiles with g++ (CPU kernels and the ATen glue), nvcc (CUDA launchers) and cucc (the
-// same launchers on the CPU emulator, tests/cudaemu). docs/design.md, "The pass contract", says what
+// same launchers on the CPU emulator, tests/cudaemu). docs/design.md §4 (the pass contract) says what
 // each pass computes; cbam_fused/passes.py is its executable spec.
 // Like csrc/cpu/dispatch.h, it holds no inline functions: it is compiled into every per-ISA build.
 #pragma once

@@ -18,7 +18,7 @@
 // partials of every output in tile order. So any shape works (several blocks per (n, c) or (n, p))
 // and the result is bitwise the same on every run.
 //
-// Byte budget (DESIGN.md section 3), |x| = bytes of x; small [N,C]/[N,P] tensors and partials are noise:
+// Byte budget (docs/design.md §3), |x| = bytes of x; small [N,C]/[N,P] tensors and partials are noise:
 //   forward  4|x|: pool_hw reads x (1), pool_c reads x (1), apply_gates reads x, writes y (2).
 //   backward 5|x|: gate_grads reads gy and x (2), pool_c_grad_a reads x (1), input_grad reads gy and
 //                  writes gx (2); it reads x as well only for split-style ties (then 6|x|).
