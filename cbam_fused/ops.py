@@ -16,6 +16,7 @@ This module is the only place that chooses a backend.
 """
 import functools
 import os
+import threading
 from typing import Optional
 
 import torch
@@ -433,18 +434,20 @@ def _register_autograd(forward_name: str, backward_op) -> None:
 _register_autograd("cbam_fused::attention_forward", _backward_op)
 
 _TRITON_OPS = None
+_TRITON_OPS_LOCK = threading.Lock()  # threads whose first calls coincide must define the ops once
 
 
 def _triton_ops():
     """The triton_op twins of the two ops, defined on first use (importing triton is slow)."""
     global _TRITON_OPS
-    if _TRITON_OPS is None:
-        from . import triton as tt
+    with _TRITON_OPS_LOCK:
+        if _TRITON_OPS is None:
+            from . import triton as tt
 
-        fwd, bwd = _make_ops("_triton", lambda _backend: tt.TritonPasses(),
-                             lambda name, fn: torch.library.triton_op(name, fn, mutates_args=()))
-        _register_autograd("cbam_fused::attention_forward_triton", bwd)
-        _TRITON_OPS = (fwd, bwd)
+            fwd, bwd = _make_ops("_triton", lambda _backend: tt.TritonPasses(),
+                                 lambda name, fn: torch.library.triton_op(name, fn, mutates_args=()))
+            _register_autograd("cbam_fused::attention_forward_triton", bwd)
+            _TRITON_OPS = (fwd, bwd)
     return _TRITON_OPS
 
 
