@@ -3,7 +3,7 @@ from . import reference
 from .functional import cbam, channel_attention, spatial_attention
 from .convert import ConvertReport, convert
 from .modules import CBAM, ECA, SE, ChannelAttention, SpatialAttention
-from .ops import attention, available_backends
+from .ops import NoFusedBackendWarning, attention, available_backends
 
 __version__ = "0.1.0"
 
@@ -21,4 +21,5 @@ __all__ = [
     "ECA",
     "convert",
     "ConvertReport",
+    "NoFusedBackendWarning",
 ]
