@@ -411,3 +411,11 @@ def test_named_fused_backend_under_grad_transform_raises_clearly():
     g = torch.func.grad(lambda w1: cf.cbam(x, w1, w["w2"], w["conv_weight"], backend="torch").sum())(w["w1"])
     g_ref = torch.func.grad(lambda w1: reference.cbam(x, w1, w["w2"], w["conv_weight"]).sum())(w["w1"])
     torch.testing.assert_close(g, g_ref)
+
+
+def test_parallel_arrangement_under_grad_transform_raises_clearly():
+    module = cf.CBAM(8, reduction=4, kernel_size=3, arrangement="parallel", backend="torch").double()
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    x = torch.randn(2, 8, 5, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="parallel arrangement does not support torch.func.grad"):
+        torch.func.grad(lambda p: torch.func.functional_call(module, p, (x,)).sum())(params)
