@@ -13,6 +13,8 @@ kernel. This module adds:
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
@@ -246,18 +248,23 @@ def _custom_op(name, fn, schema):
 
 _PY_OPS = _make_twin("_py", backends.python_passes, _custom_op)
 _TRITON_OPS = None
+_TRITON_OPS_LOCK = threading.Lock()  # threads whose first calls coincide must define the ops once
 
 
 def _triton_ops():
     """The triton_op twins, defined on first use (importing triton is slow)."""
     global _TRITON_OPS
-    if _TRITON_OPS is None:
-        from . import triton as tt
-
-        _TRITON_OPS = _make_twin("_triton", lambda _backend: tt.TritonPasses(),
-                                 lambda name, fn, schema: torch.library.triton_op(name, fn, mutates_args=(),
-                                                                                  schema=schema))
+    with _TRITON_OPS_LOCK:
+        if _TRITON_OPS is None:
+            _TRITON_OPS = _define_triton_twins()
     return _TRITON_OPS
+
+
+def _define_triton_twins():
+    from . import triton as tt
+
+    return _make_twin("_triton", lambda _backend: tt.TritonPasses(),
+                      lambda name, fn, schema: torch.library.triton_op(name, fn, mutates_args=(), schema=schema))
 
 
 def _define_triton_ops() -> bool:

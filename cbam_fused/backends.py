@@ -11,12 +11,13 @@ for the CPU emulator) and Python pass sets (the pure-torch spec ``cbam_fused.pas
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["BACKENDS", "available_backends", "unavailable_reason", "resolve_backend", "register_passes",
+__all__ = ["NoFusedBackendWarning", "BACKENDS", "available_backends", "unavailable_reason", "resolve_backend", "register_passes",
            "register_pass_table", "is_native", "python_passes", "passes_for", "has_backend"]
 
 BACKENDS = ("cpu", "cuda", "triton", "torch")
@@ -139,22 +140,60 @@ def unavailable_reason(name: str) -> Optional[str]:
     return f"unknown backend {name!r}"
 
 
+class NoFusedBackendWarning(UserWarning):
+    """Tensors on a device with no fused backend (MPS, XPU, ROCm, ...): the stock-op path runs."""
+
+
+_NO_FUSED_WARNED = False
+
+
+def _warn_no_fused_backend(x: Tensor) -> None:
+    """Say once per process that x's device has no fused backend (not while compiling: dynamo
+    would trace the warning and the global flag)."""
+    global _NO_FUSED_WARNED
+    if _NO_FUSED_WARNED or torch.compiler.is_compiling():
+        return
+    _NO_FUSED_WARNED = True
+    where = "ROCm (HIP)" if x.device.type == "cuda" else repr(x.device.type)
+    warnings.warn(f"cbam_fused has no fused kernels for {where} tensors: its modules and functions run the "
+                  "same math with stock PyTorch ops (backend='torch'), without the fused speed-up or memory "
+                  "saving. This warning is shown once per process.", NoFusedBackendWarning, stacklevel=4)
+
+
+def _under_functorch_autodiff() -> bool:
+    """Inside torch.func.grad/vjp/jacrev/jvp/jacfwd/hessian, where the fused ops' autograd cannot run.
+    vmap alone is fine."""
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    kinds = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+    return any(level.key() in kinds for level in stack)
+
+
 def resolve_backend(backend: Optional[str], x: Tensor) -> str:
     """Pick the backend for ``x``: the named one (checked), or the best for x's device.
 
     While exporting (``torch.export``, ``torch.onnx.export``) it is always "torch": the opaque custom
-    ops do not export, the stock-op decomposition does.
+    ops do not export, the stock-op decomposition does. Under the torch.func transforms that
+    differentiate, the default is "torch" too and a named fused backend raises. On a device with no
+    fused backend (MPS, XPU, ROCm, ...) the default is "torch", with a warning once per process.
     """
     if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
         return "torch"
+    if not torch.compiler.is_compiling() and _under_functorch_autodiff():
+        if backend in (None, "auto", "torch"):
+            return "torch"
+        raise RuntimeError(
+            f"backend {backend!r} cannot run under torch.func.grad, vjp, jacrev, jvp, jacfwd or hessian: the "
+            "fused ops' autograd does not support function transforms that differentiate. Use "
+            "backend='torch' (or None, which picks it there), or loop over the samples with ordinary autograd.")
     if backend in (None, "auto"):
-        if x.device.type == "cuda":
+        if x.device.type == "cuda" and torch.version.hip is None:
             for name in ("cuda", "triton"):
                 if name in available_backends():
                     return name
             return "torch"
-        if x.device.type == "cpu" and "cpu" in _NATIVE:
-            return "cpu"
+        if x.device.type == "cpu":
+            return "cpu" if "cpu" in _NATIVE else "torch"
+        _warn_no_fused_backend(x)  # MPS, XPU, ROCm (its devices are "cuda" to torch), ...
         return "torch"
     if backend == "torch":
         return backend

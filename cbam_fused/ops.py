@@ -11,12 +11,12 @@ from torch import Tensor
 
 from . import small_steps as ss
 from .attention_op import dense, memory_format
-from .backends import BACKENDS, available_backends, resolve_backend, unavailable_reason
+from .backends import BACKENDS, NoFusedBackendWarning, available_backends, resolve_backend, unavailable_reason
 from .attention_op import forward_op
 from .eager import eager_attention
 from .passes import acc_dtype
 
-__all__ = ["attention", "available_backends", "resolve_backend", "unavailable_reason", "BACKENDS", "TIES",
+__all__ = ["attention", "NoFusedBackendWarning", "available_backends", "resolve_backend", "unavailable_reason", "BACKENDS", "TIES",
            "validate", "check_config", "dense", "memory_format"]
 
 TIES = ("index", "split")
