@@ -71,7 +71,7 @@ def _sources(pattern):
 ext_modules = [
     CppExtension(
         "cbam_fused._C",
-        _sources("csrc/ops.cpp") + _sources("csrc/cpu/*.cpp"),
+        _sources("csrc/ops.cpp") + _sources("csrc/attention*.cpp") + _sources("csrc/cpu/*.cpp"),
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=[("CBAM_FUSED_PYTHON_MODULE", "_C")],
         extra_compile_args={"cxx": CXX_FLAGS},

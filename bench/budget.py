@@ -1,4 +1,4 @@
-"""The byte budget of DESIGN.md §3 and the CPU "roof" built from measured plain passes.
+"""The byte budget of docs/design.md §3 and the CPU "roof" built from measured plain passes.
 
 Bytes are counted in units of |x| (the bytes of the input); the small tensors are ignored.
 """
@@ -11,7 +11,7 @@ from .measure import time_interleaved
 MODES = ("forward", "forward+backward")
 
 # Full-size passes over |x|. Fused: forward 4 (read x twice for the two pools, read x + write y);
-# backward 5 (gy and x, x, gy + gx). Eager PyTorch per DESIGN.md §3: about 8 forward, 25 backward.
+# backward 5 (gy and x, x, gy + gx). Eager PyTorch per docs/design.md §3.4: about 8 forward, 25 backward.
 FUSED_PASSES = {"forward": 4, "forward+backward": 4 + 5}
 EAGER_PASSES = {"forward": 8, "forward+backward": 8 + 25}
 
@@ -29,7 +29,7 @@ def bytes_moved(impl_kind: str, mode: str, x_bytes: int) -> int | None:
 def plain_passes(x: torch.Tensor, repeats: int, warmup: int) -> dict:
     """Measured times of the plain passes: ``x.clone()``, a read-only reduction and ``x * a``.
 
-    Per DESIGN.md §3 the clone is a yardstick, not a bound; the roof of a mode adds up the plain
+    Per docs/design.md §3.5 the clone is a yardstick, not a bound; the roof of a mode adds up the plain
     passes that the fused plan needs (``ROOF_PLAN``).
     """
     a = torch.rand(x.shape[0], x.shape[1], 1, 1, dtype=x.dtype, device=x.device)

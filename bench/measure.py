@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
 import torch
-import torch.utils.benchmark as tbench
 
 
 @dataclass
@@ -25,9 +24,12 @@ class Stopwatch:
     """Times one callable in several rounds, so that the rounds of rival callables can interleave.
 
     On a shared machine the load drifts over seconds; measuring contestants in turns lets each see
-    the same drift. CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` per round (fast calls are
-    grouped into blocks of up to ~50 ms so that the timer's overhead stays negligible), the rounds
-    merged into one ``Measurement``. GPU: CUDA events around each call.
+    the same drift. CPU: blocks of calls timed with ``time.perf_counter`` (fast calls are grouped
+    into blocks of about 10 ms so that the clock's overhead stays negligible), each block giving
+    one per-call sample. GPU: CUDA events around each call.
+
+    Not ``torch.utils.benchmark.Timer``: importing it imports ``torch.utils.cpp_extension`` (build
+    tooling), which logs "No CUDA runtime is found" on a machine without a GPU.
     """
 
     def __init__(self, fn: Callable[[], object], device: torch.device, warmup: int):
@@ -37,12 +39,14 @@ class Stopwatch:
             fn()
         _sync(device)
         self.per_call_s = (time.perf_counter() - start) / max(1, warmup)
-        self._timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-        self._measurements: list = []
+        # calls per block: about 10 ms of them, at least one
+        self.calls_per_block = max(1, min(100_000, int(1e-2 / max(self.per_call_s, 1e-9))))
+        self._cpu_times: list[float] = []
         self._cuda_times: list[float] = []
 
     def round(self, samples: int) -> None:
-        """About ``samples`` more timed blocks (CPU) or exactly ``samples`` timed calls (GPU)."""
+        """About ``samples`` x max(one call, 50 ms) more of timed blocks (CPU), or exactly ``samples``
+        timed calls (GPU)."""
         if self.device.type == "cuda":
             pairs = []
             for _ in range(max(1, samples)):
@@ -54,16 +58,24 @@ class Stopwatch:
             torch.cuda.synchronize(self.device)
             self._cuda_times += [b.elapsed_time(e) / 1e3 for b, e in pairs]
         else:
-            self._measurements.append(
-                self._timer.blocked_autorange(min_run_time=max(1, samples) * max(self.per_call_s, 0.05)))
+            # run blocks for samples x max(one call, 50 ms) in all (the former blocked_autorange budget)
+            budget = max(1, samples) * max(self.per_call_s, 0.05)
+            n, spent = self.calls_per_block, 0.0
+            while spent < budget or not self._cpu_times:
+                start = time.perf_counter()
+                for _ in range(n):
+                    self.fn()
+                block = time.perf_counter() - start
+                self._cpu_times.append(block / n)
+                spent += block
 
     def result(self) -> Timing:
         if self.device.type == "cuda":
             t = self._cuda_times
             return Timing(median_s=statistics.median(t), iqr_s=_iqr(t), samples=len(t), calls_per_sample=1)
-        m = tbench.Measurement.merge(self._measurements)[0]
-        return Timing(median_s=m.median, iqr_s=m.iqr, samples=len(m.times),
-                      calls_per_sample=max(x.number_per_run for x in self._measurements))
+        t = self._cpu_times
+        return Timing(median_s=statistics.median(t), iqr_s=_iqr(t), samples=len(t),
+                      calls_per_sample=self.calls_per_block)
 
 
 def _sync(device: torch.device) -> None:

@@ -71,7 +71,7 @@ def print_tables(console: Console, result: dict) -> None:
 
 
 def _print_baselines(console: Console, result: dict) -> None:
-    t = Table(title="plain passes (the yardsticks of DESIGN.md §3)", header_style="bold")
+    t = Table(title="plain passes (the yardsticks of docs/design.md §3.5)", header_style="bold")
     for col in ("shape", "dtype", "|x| MB", "clone ms", "read ms", "x*a ms", "roof fwd ms", "roof fwd+bwd ms"):
         t.add_column(col, justify="left" if col in ("shape", "dtype") else "right")
     for b in result["baselines"]:
@@ -100,7 +100,7 @@ def _print_target_summary(console: Console, result: dict) -> None:
     summary = result.get("target_summary") or []
     if not summary:
         return
-    goals = (f"targets (issue 2): forward+backward >= {TARGETS['forward+backward']['min_speedup_vs_compile']}x "
+    goals = (f"targets: forward+backward >= {TARGETS['forward+backward']['min_speedup_vs_compile']}x "
              f"compile and >= {TARGETS['forward+backward']['min_speedup_vs_eager']}x eager; forward >= "
              f"{TARGETS['forward']['min_speedup_vs_compile']}x compile; saved <= {TARGETS['max_saved_over_x']}|x|")
     t = Table(title=goals, header_style="bold")

@@ -17,7 +17,7 @@ from cbam_fused import reference
 from . import budget
 from .measure import peak_memory, saved_bytes, time_interleaved
 
-# Targets of the foundation issue (issue 2), checked per fused row; ratios, not measurements.
+# The project's CPU targets (bench/README.md, `targets`), checked per fused row; ratios, not measurements.
 TARGETS = {
     "forward+backward": {"min_speedup_vs_compile": 2.0, "min_speedup_vs_eager": 3.0},
     "forward": {"min_speedup_vs_compile": 1.0},
@@ -211,7 +211,7 @@ def _derive(rows: list[dict], base: dict, mode: str) -> None:
 
 
 def check_targets(row: dict, mode: str) -> dict:
-    """Pass/fail of the issue-2 targets for one fused row (None where the other side is missing)."""
+    """Pass/fail of the TARGETS for one fused row (None where the other side is missing)."""
     goals = TARGETS[mode]
     out = {}
     if "min_speedup_vs_compile" in goals and row.get("speedup_vs_compile") is not None:

@@ -1,7 +1,7 @@
 """Named shape sets [N, C, H, W] for the sweep."""
 from __future__ import annotations
 
-# The shapes of the foundation issue's CPU targets (issue 2, item 9).
+# The five shapes at which the CPU targets (runner.TARGETS) are set, fp32.
 ISSUE2 = [(8, 256, 56, 56), (8, 512, 28, 28), (8, 1024, 14, 14), (8, 2048, 7, 7), (32, 64, 56, 56)]
 
 # Outputs of the four ResNet-50 stages (224x224 input), where CBAM sits in CBAM-ResNet.

@@ -3,9 +3,11 @@ from . import reference
 from .functional import cbam, channel_attention, spatial_attention
 from .convert import ConvertReport, convert
 from .modules import CBAM, ECA, SE, ChannelAttention, SpatialAttention
-from .ops import attention, available_backends
+from .ops import NoFusedBackendWarning, attention, available_backends
 
-__version__ = "0.1.0"
+# The one place the version is written (pyproject.toml reads it). It moves with every change to
+# the public API or an op schema: tests/test_api_lock.py checks that, and CHANGELOG.md says what changed.
+__version__ = "0.2.0"
 
 __all__ = [
     "reference",
@@ -21,4 +23,5 @@ __all__ = [
     "ECA",
     "convert",
     "ConvertReport",
+    "NoFusedBackendWarning",
 ]

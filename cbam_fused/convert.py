@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import modules as _fused_modules
-from . import ops
+from . import backends, ops
 from .modules import Flavor, run_attention
 
 __all__ = ["convert", "ConvertReport", "FusedBlock"]
@@ -400,7 +400,7 @@ def convert(model: nn.Module, *, backend: Optional[str] = None) -> ConvertReport
     module itself is never replaced (there is no parent to hold the replacement): wrap a lone block,
     e.g. in ``nn.Sequential``.
     """
-    if backend not in (None, "auto") and backend not in ops.BACKENDS and backend not in ops._PASSES:
+    if backend not in (None, "auto") and not backends.has_backend(backend):
         raise ValueError(f"unknown backend {backend!r}; expected None or one of {ops.BACKENDS + ('auto',)}")
     report = ConvertReport()
     known: list = []  # flavors that matched so far

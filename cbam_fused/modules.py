@@ -8,7 +8,7 @@ autocast) and call ``run_attention``, which ``cbam_fused.convert`` shares.
 
 Arrangements (the paper's ablation):
 
-* ``"channel_spatial"`` (default): one fused op, 4|x| forward and 5|x| backward (DESIGN.md §3);
+* ``"channel_spatial"`` (default): one fused op, 4|x| forward and 5|x| backward (docs/design.md §3);
 * ``"spatial_channel"``: the spatial-only op then the channel-only op on its output, each fused. The
   intermediate x1 = x*s is written and read back: 6|x| forward, 8|x| backward, and both x and x1 are
   saved (2|x|, as in eager);

@@ -4,7 +4,7 @@ Both maps come from x itself: ``m`` from the pools over pixels (channel MLP), ``
 channels (KxK conv, optional BatchNorm). The gate is not separable into a per-channel times a
 per-pixel factor, so the fused ``apply_gates`` / ``gate_grads`` passes cannot form it. This module
 uses the backend's pool passes and ``input_grad`` and does the non-separable part with torch ops
-(no new kernel pass, see DESIGN.md §2 "Other arrangements").
+(no new kernel pass, see docs/design.md §2.9).
 
 Bytes per call, in units of |x| (fp32 x; bf16/fp16 x also materialise an fp32 copy of x):
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import ops
+from . import backends, ops
 from . import small_steps as ss
 from .passes import acc_dtype
 
@@ -38,7 +38,7 @@ def _gate_(name: str, z: Tensor) -> Tensor:
 
 def _slope_(name: str, g: Tensor) -> Tensor:
     """``G'(z)`` from ``g = G(z)``, overwriting g. The hard gates' slope is nonzero exactly where
-    0 < g < 1, i.e. on the open interval of z (DESIGN.md §2)."""
+    0 < g < 1, i.e. on the open interval of z (docs/design.md §2.9)."""
     if name == "sigmoid":
         return g.addcmul_(g, g, value=-1.0)  # g * (1 - g)
     slope = 1.0 / 6.0 if name == "hard_sigmoid" else 0.2
@@ -61,8 +61,8 @@ class _Parallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, cfg):
         kind, pools, gate, order, bn, bn_eps, ties, backend = cfg
-        passes = ops.passes_for(backend)
-        x = ops._dense(x)
+        passes = backends.passes_for(backend)
+        x = ops.dense(x)
         acc = acc_dtype(x.dtype)
         cw = ss.ChannelWeights.of(kind, w1, b1, w2, b2, acc)
         sw = ss.SpatialWeights.of(conv_w, conv_b, order, bn, bn_w, bn_b, bn_mean, bn_var, bn_eps, acc)
@@ -83,11 +83,11 @@ class _Parallel(torch.autograd.Function):
         kind, pools, gate, order, bn, bn_eps, ties, backend = ctx.cfg
         (x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
          avg, max_hw, argmax_hw, count_hw, mean_c, max_c, argmax_c, count_c, m, l) = ctx.saved_tensors
-        passes = ops.passes_for(backend)
+        passes = backends.passes_for(backend)
         n, c, h, w = x.shape
         acc = acc_dtype(x.dtype)
         split = ties == "split"
-        gy = gy.contiguous(memory_format=ops._memory_format(x))
+        gy = gy.contiguous(memory_format=ops.memory_format(x))
         g = _gate_(gate, _summed_logits(m, l, x.shape))
         gy_acc = gy.to(acc)
         gy_direct = (gy_acc * g).to(gy.dtype)  # the gradient through the gate's multiplicand
@@ -132,15 +132,18 @@ def parallel_attention(x, *, w1, b1=None, w2=None, b2=None, channel_kind="mlp", 
                        ties="index", backend=None):
     """``(y, bn_batch_stats)`` of the parallel arrangement, with the argument conventions of
     ``cbam_fused.ops.attention`` (which validates them: call it through ``cbam_fused.modules``)."""
-    ops._validate(x, w1, b1, w2, b2, channel_kind, conv_weight, conv_bias, bn_weight, bn_bias,
+    ops.validate(x, w1, b1, w2, b2, channel_kind, conv_weight, conv_bias, bn_weight, bn_bias,
                   bn_running_mean, bn_running_var, bn_training)
     if w1 is None or conv_weight is None:
         raise ValueError("the parallel arrangement needs both a channel map (w1) and a spatial map (conv_weight)")
-    ops._check_config(channel_kind, channel_pools, gate, gate, ties)
+    ops.check_config(channel_kind, channel_pools, gate, gate, ties)
     bn = "none" if bn_training is None else ("train" if bn_training else "eval")
     if bn == "eval" and bn_running_mean is None:
         raise ValueError("BatchNorm in eval mode needs bn_running_mean and bn_running_var")
     name = ops.resolve_backend(backend, x)
+    if not torch.compiler.is_compiling() and ops._under_functorch_autodiff():  # _Parallel has no functorch rules
+        raise RuntimeError("the parallel arrangement does not support torch.func.grad, vjp, jacrev, jvp, jacfwd or "
+                           "hessian (with any backend); loop over the samples with ordinary autograd instead")
     cfg = (channel_kind, channel_pools, gate, spatial_order, bn, float(bn_eps), ties, name)
     y, stats = _Parallel.apply(x, w1, b1, w2, b2, conv_weight, conv_bias, bn_weight, bn_bias,
                                bn_running_mean, bn_running_var, cfg)

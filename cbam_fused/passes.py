@@ -22,7 +22,7 @@ A ``v`` gradient for max pooling is routed by ``tie``:
   has already divided ``v`` by the count. The pooled value is recomputed exactly as in the forward
   pass (``acc(x) * a``), so the comparison is exact.
 
-Byte budget of the fused block (DESIGN.md §3): forward reads x in ``pool_hw`` and ``pool_c`` and reads
+Byte budget of the fused block (docs/design.md §3): forward reads x in ``pool_hw`` and ``pool_c`` and reads
 x / writes y in ``apply_gates`` (4|x|); backward reads gy and x in ``gate_grads``, x in
 ``pool_c_grad_a``, and gy / writes gx in ``input_grad`` (5|x|; split-style ties also read x there).
 """

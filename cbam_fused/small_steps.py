@@ -2,7 +2,7 @@
 
 Everything here works on tensors of size O(N*(C + H*W)) in the accumulation dtype (fp32, or fp64
 for fp64 inputs), with stock torch ops, so every backend shares it and ``torch.compile`` can trace it.
-Backward formulas are written out (DESIGN.md §2) rather than taken from autograd, because they run
+Backward formulas are written out (docs/design.md §2) rather than taken from autograd, because they run
 inside the fused backward op where autograd is not recording.
 
 * gates: value and derivative, the derivative taken from the logits;
@@ -227,7 +227,9 @@ def conv_weight_grad(q: Tensor, gc: Tensor, k: int) -> Tensor:
         out = F.conv2d(qt[:, :, lo:hi], g[:, :, r:r + rows], padding=pad)  # rows beyond the halo: dropped
         parts.append(out[:, :, r - lo:r - lo + k])
     gw = parts[0] if len(parts) == 1 else torch.stack(parts).to(torch.float64).sum(0).to(q.dtype)
-    return gw.transpose(0, 1)
+    # A convolution with zero padding multiplies every tap by every gradient entry (0 on the padding),
+    # so a NaN or Inf anywhere in gc reaches every tap; the convolutions above skip the padding.
+    return gw.transpose(0, 1) + gc.sum() * 0
 
 
 def spatial_logits_backward(wt: SpatialWeights, q_mean, q_max, shape, bn_stats, gl: Tensor):

@@ -1,13 +1,51 @@
-// Schemas of the full-size passes. cbam_fused/passes.py specifies what each computes; the CPU
-// kernels (csrc/cpu) and the CUDA kernels (csrc/cuda) register implementations for them.
-// The fused forward/backward ops that orchestrate these passes are defined in cbam_fused/ops.py.
+// Schemas of the cbam_fused:: ops, written once here.
+// * The fused op pair attention_forward / attention_backward; its argument lists expand
+//   csrc/attention_interface.h. Device kernels: csrc/cpu/attention_cpu.cpp and the CUDA glue;
+//   autograd: csrc/attention_autograd.cpp; fakes: cbam_fused/attention_op.py.
+// * The full-size passes as ops of their own, for pass-level tests (cbam_fused/passes.py specifies
+//   what each computes).
 #include <torch/library.h>
+
+#include <string>
+
+#include "attention_interface.h"
 
 #ifdef CBAM_FUSED_PYTHON_MODULE
 #include <Python.h>
 #endif
 
+namespace {
+
+#define CBAM_FUSED_SCHEMA_WEIGHT(name) s += ", Tensor? " #name;
+#define CBAM_FUSED_SCHEMA_CONFIG(schema_type, cpp_type, name) s += ", " schema_type " " #name;
+#define CBAM_FUSED_SCHEMA_SAVED(name) s += ", Tensor " #name;
+#define CBAM_FUSED_SCHEMA_GRAD(name) s += ", Tensor grad_" #name;
+
+std::string forward_schema() {
+  std::string s = "attention_forward(Tensor x";
+  CBAM_FUSED_WEIGHTS(CBAM_FUSED_SCHEMA_WEIGHT)
+  CBAM_FUSED_CONFIG(CBAM_FUSED_SCHEMA_CONFIG)
+  s += ") -> (Tensor y";
+  CBAM_FUSED_SAVED(CBAM_FUSED_SCHEMA_SAVED)
+  return s + ")";
+}
+
+std::string backward_schema() {
+  std::string s = "attention_backward(Tensor gy, Tensor x";
+  CBAM_FUSED_WEIGHTS(CBAM_FUSED_SCHEMA_WEIGHT)
+  CBAM_FUSED_SAVED(CBAM_FUSED_SCHEMA_SAVED)
+  CBAM_FUSED_CONFIG(CBAM_FUSED_SCHEMA_CONFIG)
+  s += ", bool need_gx) -> (Tensor grad_x";
+  CBAM_FUSED_TRAINED(CBAM_FUSED_SCHEMA_GRAD)
+  return s + ")";
+}
+
+}  // namespace
+
 TORCH_LIBRARY(cbam_fused, m) {
+  m.def(forward_schema().c_str());
+  m.def(backward_schema().c_str());
+
   m.def("pool_hw(Tensor x) -> (Tensor avg, Tensor max, Tensor argmax, Tensor count)");
   m.def("pool_c(Tensor x, Tensor? a) -> (Tensor mean, Tensor max, Tensor argmax, Tensor count)");
   m.def("apply_gates(Tensor x, Tensor? a, Tensor? s) -> Tensor");

@@ -1,8 +1,9 @@
 // The one interface between the orchestration (csrc/attention.cpp) and the kernels of every device:
 // an argument struct per pass and a table of entry points. Raw pointers and sizes only, no ATen, so
 // this header compiles with g++ (CPU kernels and the ATen glue), nvcc (CUDA launchers) and cucc (the
-// same launchers on the CPU emulator, tests/cudaemu). docs/design.md, "The pass contract", says what
+// same launchers on the CPU emulator, tests/cudaemu). docs/design.md §4 (the pass contract) says what
 // each pass computes; cbam_fused/passes.py is its executable spec.
+// Like csrc/cpu/dispatch.h, it holds no inline functions: it is compiled into every per-ISA build.
 #pragma once
 
 #include <cstddef>
@@ -17,8 +18,6 @@ constexpr int kNumDTypes = 4;
 
 // x[n][c][p] (NCHW) or x[n][p][c] (channels_last).
 enum class Layout : int32_t { NCHW = 0, NHWC = 1 };
-
-constexpr bool acc_is_double(DType d) { return d == DType::F64; }
 
 // A full-size operand: [N, C, P = H * W] in one of the two layouts.
 struct Geometry {
@@ -79,8 +78,8 @@ struct GateGradsArgs {
 // How a max pool's gradient is routed: index-style to the first maximum (argmax), split-style to
 // every element equal to the maximum (the caller has divided by the count).
 struct TieOperand {
-  const int32_t* argmax;  // index-style; nullptr for split-style
-  const void* max;        // split-style: [N, L] acc; nullptr for index-style
+  const int32_t* argmax;  // index-style; nullptr selects split-style
+  const void* max;        // [N, L] acc: the pooled max (read by split-style ties)
 };
 
 // ga[n,c] = sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie of the channel pool of acc(x) * a.
@@ -140,6 +139,39 @@ struct SpatialConvGradArgs {
   void* workspace;       // conv_grad_workspace_bytes(...) bytes
 };
 
+// The channel gate's shared MLP on the pooled vectors (channel kind "mlp"): m = the sum over the
+// used pools v of W2 relu(W1 v + b1) + b2, and a = G(m). The numbering of both enums is the order
+// of the option values in csrc/attention.cpp.
+enum class ChannelPools : int32_t { AvgMax = 0, Avg = 1, Max = 2, Light = 3 };
+enum class GateKind : int32_t { Sigmoid = 0, HardSigmoid = 1, KerasHardSigmoid = 2 };
+
+struct ChannelMlpArgs {
+  int64_t n, c, hidden;
+  bool f64;
+  ChannelPools pools;
+  GateKind gate;
+  const void* pooled;  // [2, N, C]: mean; max
+  const void* w1;      // [hidden, C]
+  const void* b1;      // [hidden] or nullptr
+  const void* w2;      // [C, hidden]
+  const void* b2;      // [C] or nullptr
+  void* m;             // [N, C] logits
+  void* a;             // [N, C] gate values
+};
+
+// Its backward from ga (the gradient of a), into the input-gradient operands of the pools over
+// pixels: u = g_avg / pixels and v = g_max (divided by the count of maxima for split-style ties;
+// zeros for an unused pool), and the weight gradients (gb1/gb2 nullptr when absent).
+struct ChannelMlpGradArgs {
+  ChannelMlpArgs fwd;      // its m and a are inputs here (the saved logits and their gate values)
+  const void* ga;          // [N, C]
+  const int32_t* count;    // [N, C] split-style ties, else nullptr
+  int64_t pixels;
+  void* u;                 // [N, C]
+  void* v;                 // [N, C]
+  void *gw1, *gb1, *gw2, *gb2;
+};
+
 enum class Pass : int32_t { PoolHw = 0, PoolC = 1, ApplyGates = 2, GateGrads = 3, PoolCGradA = 4, InputGrad = 5 };
 
 // One device's kernels. Every entry returns 0 on success, else a device error code that
@@ -156,6 +188,9 @@ struct PassTable {
   std::size_t (*workspace_bytes)(Pass pass, const Geometry& g);
   std::size_t (*conv_grad_workspace_bytes)(int64_t n, int64_t h, int64_t w, int64_t k, bool f64);
   const char* (*error_string)(int code);
+  // nullptr where a device has no fused MLP kernels (the orchestration then uses ATen ops)
+  int (*channel_mlp)(const ChannelMlpArgs&, void* stream);
+  int (*channel_mlp_grad)(const ChannelMlpGradArgs&, void* stream);
 };
 
 }  // namespace cbam_fused

@@ -16,12 +16,12 @@ if not torch.cuda.is_available():  # must precede any triton import
 
 import pytest  # noqa: E402
 
-from cbam_fused import ops  # noqa: E402
+from cbam_fused import backends, ops  # noqa: E402
 from cbam_fused.passes import TorchPasses  # noqa: E402
 
 IN_CI = os.environ.get("CI") == "true"
 
-ops._register_passes("spec", TorchPasses())
+backends.register_passes("spec", TorchPasses())
 
 
 def _missing(reason: str):
@@ -44,10 +44,10 @@ def require_backend(name: str) -> None:
         if not torch.cuda.is_available():
             pytest.skip("needs a CUDA device")
         if "cuda" not in ops.available_backends():
-            _missing(f"the CUDA extension is not built: {ops._CUDA_ERROR}")
+            _missing(f"the CUDA extension is not built: {backends.unavailable_reason('cuda')}")
     elif name == "cpu":
         if "cpu" not in ops.available_backends():
-            _missing(f"the C++ extension is not built: {ops._CPP_ERROR}")
+            _missing(f"the C++ extension is not built: {backends.unavailable_reason('cpu')}")
     elif name == "triton":
         if "triton" not in ops.available_backends():
             _missing("the Triton backend is not available (triton missing or kernels not importable)")

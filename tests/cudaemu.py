@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cbam_fused import ops
+from cbam_fused import backends, ops
 from cbam_fused.passes import acc_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,4 +317,4 @@ class EmuPasses:
 
 
 def register() -> None:
-    ops._register_passes("cudaemu", EmuPasses())
+    backends.register_passes("cudaemu", EmuPasses())

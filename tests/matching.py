@@ -1,4 +1,4 @@
-"""The matching criterion of the flavor and convert tests (issue 5).
+"""The matching criterion of the flavor and convert tests (docs/design.md §7).
 
 Against a float64 oracle on the same inputs, the fused result's error may be at most twice the error
 of the original module run in the same dtype, plus a small absolute tolerance (relative to the

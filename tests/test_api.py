@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import cbam_fused as cf
-from cbam_fused import ops
+from cbam_fused import attention_op, ops
 from cbam_fused import reference as R
 
 from .conftest import device_of
@@ -30,7 +30,7 @@ def test_opcheck_forward(backend, unit, layout):
     for k in ("x", "w1", "w2", "b1", "b2", "k", "kb"):
         inp[k] = inp[k].requires_grad_()
     args = _op_args(inp, channel=unit != "spatial", spatial=unit != "channel", backend=backend)
-    torch.library.opcheck(ops._forward_op, args)
+    torch.library.opcheck(attention_op.forward_op(backend), args)
 
 
 def test_opcheck_backward(backend):
@@ -38,12 +38,10 @@ def test_opcheck_backward(backend):
         pytest.skip("opcheck runs on the compiled CPU/CUDA ops and the spec")
     inp = make_inputs((2, 8, 5, 6), torch.float32, "nchw", device_of(backend), reduction=4)
     args = _op_args(inp, backend=backend)
-    out = ops._forward_op(*args)
+    out = attention_op.forward_op(backend)(*args)
     gy = torch.randn_like(out[0])
-    m, avg, max_hw, argmax_hw, _, l, mean_c, max_c, argmax_c, _, bn_stats = out[1:]
-    saved = (m, avg, max_hw, argmax_hw, l, mean_c, max_c, argmax_c, bn_stats)
-    bwd_args = (gy, *args[:11], *saved, *args[11:], True)
-    torch.library.opcheck(ops._backward_op, bwd_args)
+    bwd_args = (gy, *args[:11], *out[1:], *args[11:], True)
+    torch.library.opcheck(attention_op.backward_op(backend), bwd_args)
 
 
 def test_state_dict_round_trip():

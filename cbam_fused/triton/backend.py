@@ -1,4 +1,7 @@
 """``TritonPasses``: the pass contract of cbam_fused.passes on Triton kernels."""
+import functools
+import threading
+
 import torch
 from torch import Tensor
 
@@ -7,6 +10,20 @@ from . import channel, gates, spatial
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MAX_BATCH = 65535  # the batch is the third grid dimension
+
+# One pass launches at a time per process. Triton's Autotuner keeps each call's arguments on the
+# shared kernel object (triton-lang/triton#11494), and the interpreter (TRITON_INTERPRET=1) patches
+# triton.language and keeps the grid in globals, so launches from concurrent Python threads crash
+# or run the wrong programs. On a GPU the lock only covers the (asynchronous) launches.
+_LAUNCH_LOCK = threading.RLock()
+
+
+def _serialized(method):
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        with _LAUNCH_LOCK:
+            return method(*args, **kwargs)
+    return run
 
 
 def _check_big(name: str, t: Tensor) -> None:
@@ -45,20 +62,24 @@ class TritonPasses:
 
     name = "triton"
 
+    @_serialized
     def pool_hw(self, x):
         _check_big("x", x)
         return channel.pool_hw(x, acc_dtype(x.dtype))
 
+    @_serialized
     def pool_c(self, x, a):
         _check_big("x", x)
         (a,) = _small(x, a=(a, "channel", None))
         return spatial.pool_c(x, a, acc_dtype(x.dtype))
 
+    @_serialized
     def apply_gates(self, x, a, s):
         _check_big("x", x)
         a, s = _small(x, a=(a, "channel", None), s=(s, "pixel", None))
         return gates.apply_gates(x, a, s, acc_dtype(x.dtype))
 
+    @_serialized
     def gate_grads(self, gy, x, a, s, want_a, want_s):
         _check_big("x", x)
         _check_big("gy", gy)
@@ -67,12 +88,14 @@ class TritonPasses:
         a, s = _small(x, a=(a, "channel", None), s=(s, "pixel", None))
         return spatial.gate_grads(gy, x, a, s, want_a, want_s, acc_dtype(x.dtype))
 
+    @_serialized
     def pool_c_grad_a(self, x, a, u, v, argmax, mx, split):
         _check_big("x", x)
         a, u, v, argmax, mx = _small(x, a=(a, "channel", None), u=(u, "pixel", None), v=(v, "pixel", None),
                                      argmax=(argmax, "pixel", torch.int32), mx=(mx, "pixel", None))
         return channel.pool_c_grad_a(x, a, u, v, argmax, mx, split, acc_dtype(x.dtype))
 
+    @_serialized
     def input_grad(self, gy, x, a, s, u_c, v_c, argmax_c, max_c, u_hw, v_hw, argmax_hw, max_hw, split):
         _check_big("gy", gy)
         if split:

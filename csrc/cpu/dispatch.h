@@ -10,15 +10,14 @@
 
 #include <cstdint>
 
+#include "pass_args.h"
+
 namespace cbam_fused::cpu {
 
-// Scalar types of x / gy / y / gx. Small tensors use the accumulation type: double for F64,
-// float otherwise.
-enum class DType : int { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
-constexpr int kNumDTypes = 4;
-
-// Memory layouts of the 4-D tensors: x[n][c][p] (NCHW) or x[n][p][c] (channels_last).
-enum class Layout : int { NCHW = 0, NHWC = 1 };
+// The dtype numbering and the layouts are the device-independent ones of pass_args.h.
+using ::cbam_fused::DType;
+using ::cbam_fused::kNumDTypes;
+using ::cbam_fused::Layout;
 
 enum class Isa : int { Default = 0, Avx2 = 1, Avx512 = 2 };
 constexpr int kNumIsas = 3;
@@ -122,6 +121,9 @@ static inline int64_t ga_blocks(Layout layout, int64_t pixels) {
   const int64_t b = layout == Layout::NCHW ? kNchwPixelBlock : kNhwcPixelChunk;
   return (pixels + b - 1) / b;
 }
+
+// The build chosen for this process (ops_cpu.cpp).
+const KernelTable& kernel_table();
 
 // Each kernel build defines one of these (returns false when that ISA was not compiled in).
 bool fill_table_default(KernelTable& table);

@@ -13,7 +13,7 @@
 
 #include "cpu/dispatch.h"
 #include "cpu/isa_guard.h"
-#include "cpu/spatial_conv.h"
+#include "cpu/pass_table_cpu.h"
 #include "spatial_conv_checks.h"
 
 namespace cbam_fused::cpu {
@@ -366,6 +366,8 @@ std::string cpu_info() {
 }
 
 }  // namespace
+
+const KernelTable& kernel_table() { return kernels().table; }
 
 TORCH_LIBRARY_FRAGMENT(cbam_fused, m) {
   m.def("cpu_info() -> str", &cpu_info);

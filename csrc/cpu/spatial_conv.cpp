@@ -1,5 +1,5 @@
-// CPU kernels of the spatial gate's KxK convolution of two [N, H, W] planes into one (declared in
-// csrc/cpu/spatial_conv.h). The planes are small (N*H*W values, not N*C*H*W), so a library
+// CPU kernels of the spatial gate's KxK convolution of two [N, H, W] planes into one (entries of the
+// CPU PassTable, declared in csrc/cpu/pass_table_cpu.h). The planes are small (N*H*W values, not N*C*H*W), so a library
 // convolution's setup costs more than the work; these are plain loops the compiler vectorises.
 //
 // Padding follows ATen's convolution and its autograd, so that non-finite values propagate alike: the
@@ -15,7 +15,7 @@
 // the shape, so the result does not depend on the thread count; and no fp32 sum runs over more than a
 // few hundred products (a single fp32 sum over a 4097x4097 image lost 3%, see
 // cbam_fused/small_steps.py).
-#include "cpu/spatial_conv.h"
+#include "cpu/pass_table_cpu.h"
 
 #include <ATen/Parallel.h>
 

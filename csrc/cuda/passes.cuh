@@ -21,7 +21,7 @@
 // partials of every output in tile order. So any shape works (several blocks per (n, c) or (n, p))
 // and the result is bitwise the same on every run.
 //
-// Byte budget, |x| = bytes of x; small [N,C]/[N,P] tensors and partials are noise:
+// Byte budget (docs/design.md §3), |x| = bytes of x; small [N,C]/[N,P] tensors and partials are noise:
 //   forward  4|x|: pool_hw reads x (1), pool_c reads x (1), apply_gates reads x, writes y (2).
 //   backward 5|x|: gate_grads reads gy and x (2), pool_c_grad_a reads x (1), input_grad reads gy and
 //                  writes gx (2); it reads x as well only for split-style ties (then 6|x|).
@@ -323,7 +323,7 @@ template <typename T, bool CL> struct GateGradsOp {
 };
 
 // pool_c_grad_a: ga = sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie of the channel pool of x*a:
-// max is read for split-style ties, arg for index-style ones (the other may be null).
+// max is read for split-style ties, arg for index-style ones (the other is not read, and may be null).
 template <typename T, bool CL> struct PoolCGradAOp {
   using A = acc_of<T>;
   using Stat = SumStat<A>;
@@ -679,12 +679,12 @@ cudaError_t pool_c_grad_a_layout(const PoolCGradAArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// pool_c_grad_a: ga[n,c] = sum_p acc(x) * (u[p] + T(c,p) * v[p]) ([N, C]); a, u, v are required, and
-// exactly one of tie.argmax (index-style) and tie.max (split-style).
+// pool_c_grad_a: ga[n,c] = sum_p acc(x) * (u[p] + T(c,p) * v[p]) ([N, C]); a, u, v are required.
+// tie.argmax selects index-style ties; without it, split-style ties read tie.max.
 template <typename T>
 cudaError_t launch_pool_c_grad_a(const PoolCGradAArgs& a, cudaStream_t stream) {
   if (!layout_ok(a.g) || !grid_ok(reduce_tiling<T>(a.g)) || a.a == nullptr || a.u == nullptr || a.v == nullptr ||
-      a.ga == nullptr || (a.tie.argmax == nullptr) == (a.tie.max == nullptr))
+      a.ga == nullptr || (a.tie.argmax == nullptr && a.tie.max == nullptr))
     return cudaErrorInvalidValue;
   return a.g.layout == Layout::NHWC ? pool_c_grad_a_layout<T, true>(a, stream)
                                     : pool_c_grad_a_layout<T, false>(a, stream);
