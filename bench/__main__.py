@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtypes", default="float32", help="comma list of float32, bfloat16, float16, float64 "
                                                        "(default: %(default)s)")
     p.add_argument("--modes", default=",".join(MODES), help="comma list of %s (default: both)" % ", ".join(MODES))
+    p.add_argument("--mode", choices=("sweep", "host"), default="sweep",
+                   help="sweep: the kernel benchmark; host: the fused block's host time and launch counts "
+                        "against eager at a tiny shape on the CPU, one thread (default: %(default)s)")
     p.add_argument("--shapes", default="default",
                    help="comma list of shape sets (%s, default = %s) or literal NxCxHxW shapes "
                         "(default: %%(default)s)" % (", ".join(shape_sets.SHAPE_SETS),
@@ -141,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     from . import machine, report
     from .runner import Config, dtype_name, run_case
 
+    if args.mode == "host":
+        from rich.console import Console
+
+        from . import host
+
+        return host.main(Console(width=150), args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

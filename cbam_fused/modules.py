@@ -63,7 +63,7 @@ class Flavor:
 
 
 def _as(t: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
-    return None if t is None else t.to(x.dtype)
+    return t if t is None or t.dtype == x.dtype else t.to(x.dtype)  # no call at all when it is a no-op
 
 
 def _bn_args(bn: Optional[nn.modules.batchnorm._BatchNorm], x: Tensor) -> dict:
