@@ -317,4 +317,5 @@ class EmuPasses:
 
 
 def register() -> None:
-    backends.register_passes("cudaemu", EmuPasses())
+    """Run backend "cudaemu" through the C++ orchestration that ships, over the emulated CUDA table."""
+    backends.register_pass_table("cudaemu", pass_table_address())

@@ -40,7 +40,8 @@ class FusedCalls(TorchDispatchMode):
         kwargs = kwargs or {}
         if func.namespace == "cbam_fused":
             named = dict(zip((a.name for a in func._schema.arguments), args))
-            name = func._schema.name.split("::")[1].removesuffix("_triton")  # the triton_op twins count alike
+            # the Python twins of the op pair (spec, Triton) count alike
+            name = func._schema.name.split("::")[1].removesuffix("_triton").removesuffix("_py")
             self.calls.append((name, named.get("backend", kwargs.get("backend"))))
         return func(*args, **kwargs)
 

@@ -11,6 +11,7 @@
 #include <optional>
 #include <tuple>
 
+#include "attention.h"
 #include "cuda/pass_table.cuh"
 #include "spatial_conv_checks.h"
 
@@ -220,10 +221,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> spatial_conv_backward(const Tensor& g
   return {g0, g1, gw, gb};
 }
 
+// The fused op pair: the C++ orchestration (csrc/attention.cpp) over the CUDA table, on x's device
+// and its current stream.
+#define CBAM_FUSED_WEIGHT_NAME(name) , name
+#define CBAM_FUSED_CONFIG_NAME(schema_type, cpp_type, name) , name
+#define CBAM_FUSED_SAVED_NAME(name) , name
+
+ForwardResult attention_forward_cuda(const Tensor& x CBAM_FUSED_WEIGHTS(CBAM_FUSED_WEIGHT_PARAM)
+                                         CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_PARAM)) {
+  TORCH_CHECK_VALUE(backend == "cuda", "cbam_fused: CUDA tensors run on backend 'cuda', not '",
+                    std::string(backend), "'");
+  const c10::cuda::CUDAGuard guard(x.device());
+  return cbam_fused::attention_forward(passes(), stream(),
+                                       x CBAM_FUSED_WEIGHTS(CBAM_FUSED_WEIGHT_NAME)
+                                           CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_NAME));
+}
+
+BackwardResult attention_backward_cuda(const Tensor& gy, const Tensor& x CBAM_FUSED_WEIGHTS(CBAM_FUSED_WEIGHT_PARAM)
+                                           CBAM_FUSED_SAVED(CBAM_FUSED_SAVED_PARAM)
+                                               CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_PARAM),
+                                       bool need_gx) {
+  TORCH_CHECK_VALUE(backend == "cuda", "cbam_fused: CUDA tensors run on backend 'cuda', not '",
+                    std::string(backend), "'");
+  const c10::cuda::CUDAGuard guard(x.device());
+  return cbam_fused::attention_backward(passes(), stream(), gy,
+                                        x CBAM_FUSED_WEIGHTS(CBAM_FUSED_WEIGHT_NAME)
+                                            CBAM_FUSED_SAVED(CBAM_FUSED_SAVED_NAME)
+                                                CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_NAME),
+                                        need_gx);
+}
+
 }  // namespace
 }  // namespace cbam_fused::cuda
 
 TORCH_LIBRARY_IMPL(cbam_fused, CUDA, m) {
+  m.impl("attention_forward", &cbam_fused::cuda::attention_forward_cuda);
+  m.impl("attention_backward", &cbam_fused::cuda::attention_backward_cuda);
   namespace k = cbam_fused::cuda;
   m.impl("pool_hw", &k::pool_hw);
   m.impl("pool_c", &k::pool_c);
