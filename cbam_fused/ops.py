@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import _compat
 from . import small_steps as ss
 from .passes import TorchPasses, acc_dtype
 
@@ -153,7 +154,7 @@ def resolve_backend(backend: Optional[str], x: Tensor) -> str:
     While exporting (``torch.export``, ``torch.onnx.export``) it is always "torch": the opaque custom
     ops do not export, the stock-op decomposition does.
     """
-    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+    if _compat.is_exporting() or torch.onnx.is_in_onnx_export():
         return "torch"
     if backend in (None, "auto"):
         if x.device.type == "cuda":
