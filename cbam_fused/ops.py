@@ -25,7 +25,7 @@ from . import _compat
 from . import small_steps as ss
 from .passes import TorchPasses, acc_dtype
 
-__all__ = ["attention", "available_backends", "resolve_backend", "BACKENDS"]
+__all__ = ["attention", "available_backends", "unavailable_reason", "resolve_backend", "BACKENDS"]
 
 BACKENDS = ("cpu", "cuda", "triton", "torch")
 TIES = ("index", "split")
@@ -136,6 +136,13 @@ def available_backends() -> list:
     return out
 
 
+def unavailable_reason(name: str) -> Optional[str]:
+    """Why backend ``name`` cannot run in this process, or None when it can."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    return None if name in available_backends() else _unavailable_reason(name)
+
+
 def _unavailable_reason(name: str) -> str:
     if name == "cpu":
         return f"the C++ extension cbam_fused._C did not load ({_CPP_ERROR})"
@@ -144,7 +151,13 @@ def _unavailable_reason(name: str) -> str:
             return f"the CUDA extension cbam_fused._cuda did not load ({_CUDA_ERROR})"
         return "no CUDA device is available"
     if name == "triton":
-        return "triton is not installed, or there is no GPU and TRITON_INTERPRET=1 is not set"
+        try:
+            from . import triton as _t
+        except ImportError as e:
+            return f"the Triton kernels did not import ({e})"
+        if not _t.AVAILABLE:
+            return "triton is not installed"
+        return "there is no CUDA device, and TRITON_INTERPRET=1 (the Triton interpreter) is not set"
     return "unknown reason"
 
 
