@@ -125,6 +125,7 @@ class BuildWithRecord(BuildExtension):
             "torch_cuda": torch.version.cuda,
             "extensions": built,
             "cuda_skipped": None if "_cuda" in built else CUDA_SKIPPED,
+            "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if "_cuda" in built else None,
         }
         os.makedirs(target, exist_ok=True)
         with open(os.path.join(target, "_build_info.json"), "w") as f:
