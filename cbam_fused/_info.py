@@ -77,7 +77,7 @@ def cuda_archs() -> str:
     try:
         with open(spec.origin, "rb") as f:
             pairs = fatbin_archs(f.read())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, struct.error) as e:  # struct.error: a truncated file
         return f"unknown ({spec.origin}: {e})"
     sass = sorted({a for k, a in pairs if k == "sass"}, key=_arch_key)
     ptx = sorted({a for k, a in pairs if k == "ptx"}, key=_arch_key)

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _compat
+from . import _build, _compat
 from . import small_steps as ss
 from .passes import TorchPasses, acc_dtype
 
@@ -148,6 +148,9 @@ def _unavailable_reason(name: str) -> str:
         return f"the C++ extension cbam_fused._C did not load ({_CPP_ERROR})"
     if name == "cuda":
         if _CUDA_ERROR is not None:
+            skipped = (_build.record() or {}).get("cuda_skipped")
+            if skipped:
+                return f"the CUDA kernels were not built: {skipped}"
             return f"the CUDA extension cbam_fused._cuda did not load ({_CUDA_ERROR})"
         return "no CUDA device is available"
     if name == "triton":
