@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import _build, _compat
+
 __all__ = ["NoFusedBackendWarning", "BACKENDS", "available_backends", "unavailable_reason", "resolve_backend", "register_passes",
            "register_pass_table", "is_native", "python_passes", "passes_for", "has_backend"]
 
@@ -127,17 +129,28 @@ def available_backends() -> list:
 
 def unavailable_reason(name: str) -> Optional[str]:
     """Why backend ``name`` cannot run in this process, or None when it can."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
     if name in available_backends():
         return None
     if name == "cpu":
         return f"the C++ extension cbam_fused._C did not load ({_CPP_ERROR})"
     if name == "cuda":
         if _CUDA_ERROR is not None:
+            skipped = (_build.record() or {}).get("cuda_skipped")
+            if skipped:
+                return f"the CUDA kernels were not built: {skipped}"
             return f"the CUDA extension cbam_fused._cuda did not load ({_CUDA_ERROR})"
         return "no CUDA device is available"
     if name == "triton":
-        return "triton is not installed, or there is no GPU and TRITON_INTERPRET=1 is not set"
-    return f"unknown backend {name!r}"
+        try:
+            from . import triton as _t
+        except ImportError as e:
+            return f"the Triton kernels did not import ({e})"
+        if not _t.AVAILABLE:
+            return "triton is not installed"
+        return "there is no CUDA device, and TRITON_INTERPRET=1 (the Triton interpreter) is not set"
+    return "unknown reason"
 
 
 class NoFusedBackendWarning(UserWarning):
@@ -176,7 +189,7 @@ def resolve_backend(backend: Optional[str], x: Tensor) -> str:
     differentiate, the default is "torch" too and a named fused backend raises. On a device with no
     fused backend (MPS, XPU, ROCm, ...) the default is "torch", with a warning once per process.
     """
-    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+    if _compat.is_exporting() or torch.onnx.is_in_onnx_export():
         return "torch"
     if not torch.compiler.is_compiling() and _under_functorch_autodiff():
         if backend in (None, "auto", "torch"):

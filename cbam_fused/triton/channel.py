@@ -7,7 +7,7 @@ T partials. The partials are |x| / (BLOCK_P * TILES_PER_PROGRAM) elements (1/512
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
+from .._compat import wrap_triton
 
 from .common import (AUTOTUNE_KEY, BLOCK_P, FOLD_BLOCK, TILES_PER_PROGRAM, block_c_configs, flat_strides,
                      merge_max, num_pixel_chunks, reduce_max, tile_offsets)

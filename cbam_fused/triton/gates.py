@@ -2,7 +2,7 @@
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
+from .._compat import wrap_triton
 
 from .common import AUTOTUNE_KEY, BLOCK_P, block_c_configs, flat_strides, memory_format, num_pixel_tiles, \
     tile_offsets

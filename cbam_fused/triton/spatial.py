@@ -8,7 +8,7 @@ a small ``[N, C, T]`` buffer, summed afterwards.
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
+from .._compat import wrap_triton
 
 from .common import AUTOTUNE_KEY, BLOCK_P, block_c_configs, flat_strides, merge_max, num_pixel_tiles, \
     reduce_max, tile_offsets

@@ -1,0 +1,41 @@
+"""Differences between the supported torch releases (2.11 up to the default, 2.14.1), in one place.
+
+The rest of the package calls these helpers instead of checking torch's version itself.
+"""
+import torch
+
+#: (major, minor) of the running torch, e.g. (2, 11)
+TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+
+
+def is_exporting() -> bool:
+    """True while ``torch.export`` (or the dynamo-based ONNX exporter) traces, False under ``torch.compile``.
+
+    In torch 2.11 dynamo replaced ``torch.compiler.is_exporting()`` by a constant True, so under
+    ``torch.compile`` the fused ops took the export path (pytorch/pytorch#176347; fixed in 2.13, 2.12
+    not checked). Below 2.13, read the flag that export sets, as the fixed dynamo does itself.
+    """
+    if TORCH_VERSION < (2, 13):
+        return torch.compiler._is_exporting_flag
+    return torch.compiler.is_exporting()
+
+
+def _interpreted(kernel) -> bool:
+    """A Triton kernel that runs on the interpreter (TRITON_INTERPRET=1), under any autotune/heuristics."""
+    from triton.runtime.autotuner import Autotuner, Heuristics
+    from triton.runtime.interpreter import InterpretedFunction
+
+    while isinstance(kernel, (Autotuner, Heuristics)):
+        kernel = kernel.fn
+    return isinstance(kernel, InterpretedFunction)
+
+
+def wrap_triton(kernel):
+    """``torch.library.wrap_triton``; under the Triton interpreter, the kernel itself (launched eagerly).
+
+    Torch 2.11 rejects interpreted kernels ("wrap_triton only works on functions annotated with
+    triton.jit") or fails on them inside autotune; 2.13 returns them unwrapped, as done here.
+    """
+    if TORCH_VERSION < (2, 13) and _interpreted(kernel):
+        return kernel
+    return torch.library.wrap_triton(kernel)
