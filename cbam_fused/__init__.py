@@ -13,18 +13,19 @@ from .ops import NoFusedBackendWarning, attention, available_backends, unavailab
 
 # The one place the version is written (pyproject.toml reads it). It moves with every change to
 # the public API or an op schema: tests/test_api_lock.py checks that, and CHANGELOG.md says what changed.
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 
-def info(file=_sys.stdout) -> dict:
-    """Print what a bug report needs to ``file`` (None: print nothing) and return it as a dict: the
-    versions of cbam_fused, torch, CUDA and Triton, the torch the extensions were built against, the
-    CUDA architectures compiled in, the CPU instruction set and the backends (and why others are
+def info(file="stdout") -> dict:
+    """Print what a bug report needs to ``file`` (a text stream; "stdout", the default, is
+    ``sys.stdout`` at call time; None prints nothing) and return it as a dict: the versions of
+    cbam_fused, torch, CUDA and Triton, the torch the extensions were built against, the CUDA
+    architectures compiled in, the CPU instruction set and the backends (and why others are
     missing). ``python -m cbam_fused.info`` prints the same."""
     from ._info import info as _info  # not at import time: it is only needed for reports
 
-    return _info(file)
+    return _info(_sys.stdout if file == "stdout" else file)
 
 
 __all__ = [

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from . import __version__, _build, ops
+from . import __version__, _build, backends, ops
 
 FATBIN_MAGIC = 0xBA55ED50
 _KINDS = {1: "ptx", 2: "sass"}
@@ -101,8 +101,9 @@ def _version_of(dist: str) -> Optional[str]:
 
 
 def _cpu_kernels() -> str:
-    if ops._CPP_ERROR is not None:
-        return f"not loaded ({ops._CPP_ERROR})"
+    reason = backends.unavailable_reason("cpu")
+    if reason is not None:
+        return f"not loaded ({reason})"
     return torch.ops.cbam_fused.cpu_info()
 
 

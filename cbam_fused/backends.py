@@ -173,7 +173,7 @@ def _warn_no_fused_backend(x: Tensor) -> None:
                   "saving. This warning is shown once per process.", NoFusedBackendWarning, stacklevel=4)
 
 
-def _under_functorch_autodiff() -> bool:
+def under_functorch_autodiff() -> bool:
     """Inside torch.func.grad/vjp/jacrev/jvp/jacfwd/hessian, where the fused ops' autograd cannot run.
     vmap alone is fine."""
     stack = torch._C._functorch.get_interpreter_stack() or ()
@@ -191,7 +191,7 @@ def resolve_backend(backend: Optional[str], x: Tensor) -> str:
     """
     if _compat.is_exporting() or torch.onnx.is_in_onnx_export():
         return "torch"
-    if not torch.compiler.is_compiling() and _under_functorch_autodiff():
+    if not torch.compiler.is_compiling() and under_functorch_autodiff():
         if backend in (None, "auto", "torch"):
             return "torch"
         raise RuntimeError(

@@ -141,7 +141,7 @@ def parallel_attention(x, *, w1, b1=None, w2=None, b2=None, channel_kind="mlp", 
     if bn == "eval" and bn_running_mean is None:
         raise ValueError("BatchNorm in eval mode needs bn_running_mean and bn_running_var")
     name = ops.resolve_backend(backend, x)
-    if not torch.compiler.is_compiling() and ops._under_functorch_autodiff():  # _Parallel has no functorch rules
+    if not torch.compiler.is_compiling() and backends.under_functorch_autodiff():  # _Parallel has no functorch rules
         raise RuntimeError("the parallel arrangement does not support torch.func.grad, vjp, jacrev, jvp, jacfwd or "
                            "hessian (with any backend); loop over the samples with ordinary autograd instead")
     cfg = (channel_kind, channel_pools, gate, spatial_order, bn, float(bn_eps), ties, name)

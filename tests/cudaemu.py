@@ -62,7 +62,11 @@ def torch_includes() -> list[str]:
 # -fno-strict-aliasing: c10::BFloat16::operator float() under __CUDACC__ reads its uint16 through a
 # `const __nv_bfloat16*`; the emulator's __nv_bfloat16 is an ordinary struct, so g++ -O2 may reorder
 # that read before the store that produced the value (observed: bf16 16-byte loads read as 0).
-EMU_FLAGS = ("-O2", "-fno-strict-aliasing")
+# -fno-gnu-unique: the function-local static table of cuda_pass_table() (an inline function) would
+# otherwise be a GNU_UNIQUE symbol, which the dynamic linker unifies with the same object in the real
+# CUDA module (cbam_fused._cuda) when both are loaded: the emulator's table then pointed at the real
+# launchers ("CUDA driver version is insufficient", observed).
+EMU_FLAGS = ("-O2", "-fno-strict-aliasing", "-fno-gnu-unique")
 
 
 def build(extra_flags: tuple[str, ...] = EMU_FLAGS, source: Path | None = None, shared: bool = True,

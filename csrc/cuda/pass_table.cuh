@@ -64,7 +64,9 @@ inline const char* error_string(int code) { return cudaGetErrorString(static_cas
 
 }  // namespace table
 
-inline const PassTable& cuda_pass_table() {
+// Internal linkage: every library that includes this gets its own table (the real CUDA module and the
+// emulator build can be loaded in one process, tests/cudaemu.py).
+static const PassTable& cuda_pass_table() {
   static const PassTable t{&table::pool_hw,       &table::pool_c,        &table::apply_gates,
                            &table::gate_grads,    &table::pool_c_grad_a, &table::input_grad,
                            &table::spatial_conv,  &table::spatial_conv_grad, &table::workspace,
