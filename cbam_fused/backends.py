@@ -68,7 +68,6 @@ def register_pass_table(name: str, address: int) -> None:
     of csrc/pass_args.h that lives in this process, e.g. in a library loaded with ctypes)."""
     torch.ops.cbam_fused.register_pass_table(name, address)
     _NATIVE.add(name)
-    _PYTHON_PASSES.pop(name, None)
 
 
 def is_native(name: str) -> bool:

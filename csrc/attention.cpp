@@ -293,6 +293,20 @@ struct SpatialWeights {
   double bn_eps;
 };
 
+// The weights of each map in the accumulation dtype (no ATen call where they already are).
+ChannelWeights channel_weights(const Config& cfg, const OptTensor& w1, const OptTensor& b1, const OptTensor& w2,
+                               const OptTensor& b2, at::ScalarType type) {
+  return ChannelWeights{cfg.kind, acc(w1, type), acc(b1, type), acc(w2, type), acc(b2, type)};
+}
+
+SpatialWeights spatial_weights(const Config& cfg, const OptTensor& conv_w, const OptTensor& conv_b,
+                               const OptTensor& bn_w, const OptTensor& bn_b, const OptTensor& bn_mean,
+                               const OptTensor& bn_var, at::ScalarType type) {
+  return SpatialWeights{acc(conv_w, type), acc(conv_b, type), cfg.order,          cfg.bn,
+                        acc(bn_w, type),   acc(bn_b, type),   acc(bn_mean, type), acc(bn_var, type),
+                        cfg.bn_eps};
+}
+
 // The conv's input planes in its channel order, from the pools over channels [2, N, P].
 std::pair<Tensor, Tensor> conv_inputs(const SpatialWeights& wt, const Tensor& pooled) {
   return wt.order == Order::MeanMax ? std::make_pair(pooled[0], pooled[1]) : std::make_pair(pooled[1], pooled[0]);
@@ -429,7 +443,7 @@ ForwardResult attention_forward(const PassTable& table, void* stream,
   Tensor a, s, m = none(type), pooled_hw = none(type), tie_hw = none(at::kInt), l = none(type),
                pooled_c = none(type), tie_c = none(at::kInt), stats = none(type);
   if (channel) {
-    const ChannelWeights wt{cfg.kind, acc(w1, type), acc(b1, type), acc(w2, type), acc(b2, type)};
+    const ChannelWeights wt = channel_weights(cfg, w1, b1, w2, b2, type);
     auto [pooled, argmax, count] = pool(table, stream, x, g, Tensor(), true);
     pooled_hw = pooled;
     tie_hw = cfg.split ? count : argmax;
@@ -443,8 +457,7 @@ ForwardResult attention_forward(const PassTable& table, void* stream,
     }
   }
   if (spatial) {
-    const SpatialWeights wt{acc(conv_w, type), acc(conv_b, type), cfg.order, cfg.bn, acc(bn_w, type),
-                            acc(bn_b, type),   acc(bn_mean, type), acc(bn_var, type), cfg.bn_eps};
+    const SpatialWeights wt = spatial_weights(cfg, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, type);
     auto [pooled, argmax, count] = pool(table, stream, x, g, a, false);
     pooled_c = pooled;
     tie_c = cfg.split ? count : argmax;
@@ -473,9 +486,8 @@ BackwardResult attention_backward(const PassTable& table, void* stream, const Te
   const auto type = acc_type(x);
   const bool channel = w1.has_value(), spatial = conv_w.has_value();
   const int64_t h = x.size(2), w = x.size(3);
-  const ChannelWeights cw{cfg.kind, acc(w1, type), acc(b1, type), acc(w2, type), acc(b2, type)};
-  const SpatialWeights sw{acc(conv_w, type), acc(conv_b, type), cfg.order, cfg.bn, acc(bn_w, type),
-                          acc(bn_b, type),   acc(bn_mean, type), acc(bn_var, type), cfg.bn_eps};
+  const ChannelWeights cw = channel_weights(cfg, w1, b1, w2, b2, type);
+  const SpatialWeights sw = spatial_weights(cfg, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, type);
   // the gates are recomputed from their logits (bitwise as in the forward) rather than saved
   const Tensor a = channel ? gate_forward(cfg.cgate, m) : Tensor();
   const Tensor s = spatial ? gate_forward(cfg.sgate, l) : Tensor();

@@ -321,5 +321,7 @@ class EmuPasses:
 
 
 def register() -> None:
-    """Run backend "cudaemu" through the C++ orchestration that ships, over the emulated CUDA table."""
+    """Run backend "cudaemu" through the C++ orchestration that ships, over the emulated CUDA table;
+    orchestrations written in Python (the parallel arrangement) get the same kernels as a pass set."""
+    backends.register_passes("cudaemu", EmuPasses())
     backends.register_pass_table("cudaemu", pass_table_address())

@@ -16,6 +16,14 @@ from .test_flavors import FLAVORS, make_input, randomize
 CASES = [name for name, kw in FLAVORS.items() if kw.get("arrangement") != "parallel"]
 
 
+def _on(base, backend):
+    m = copy.deepcopy(base)
+    for mod in m.modules():
+        if hasattr(mod, "backend"):
+            mod.backend = backend
+    return m
+
+
 def _step(m, x, gy):
     x = x.detach().requires_grad_()
     y = m(x)
@@ -34,10 +42,7 @@ def test_cpp_orchestration_matches_spec(flavor, train):
     randomize(base, seed=3)
     results = []
     for backend in ("cpu", "spec"):
-        m = copy.deepcopy(base)
-        for mod in m.modules():
-            if hasattr(mod, "backend"):
-                mod.backend = backend
+        m = _on(base, backend)
         m.train(train)
         x = make_input(5, "ties")
         gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -62,11 +67,7 @@ def test_large_mlp_takes_aten_products_and_matches_spec(ties):
     gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     results = []
     for backend in ("cpu", "spec"):
-        m = copy.deepcopy(base)
-        for mod in m.modules():
-            if hasattr(mod, "backend"):
-                mod.backend = backend
-        results.append(_step(m, x, gy))
+        results.append(_step(_on(base, backend), x, gy))
     (y0, g0, _), (y1, g1, _) = results
     torch.testing.assert_close(y0, y1, atol=1e-12, rtol=1e-10)
     for a, b in zip(g0, g1):
