@@ -267,22 +267,13 @@ def _define_triton_twins():
                       lambda name, fn, schema: torch.library.triton_op(name, fn, mutates_args=(), schema=schema))
 
 
-def _define_triton_ops() -> bool:
+@torch.compiler.assume_constant_result
+def define_triton_ops() -> bool:
+    """Define the triton_op twins; torch.compile runs this at trace time instead of tracing it
+    (dynamo refuses to trace ``triton_op`` itself, which broke fullgraph on a first call). The
+    decorator imports torch._dynamo when cbam_fused is imported; making it lazily broke tracing."""
     _triton_ops()
     return True
-
-
-_DEFINE_TRITON_OPS = None
-
-
-def define_triton_ops() -> bool:
-    """Define the triton_op twins. torch.compile runs the definition at trace time instead of tracing
-    it (dynamo refuses to trace ``triton_op`` itself, which broke fullgraph on a first call); the
-    wrapper that says so is made on first use, since making it imports torch._dynamo (slow)."""
-    global _DEFINE_TRITON_OPS
-    if _DEFINE_TRITON_OPS is None:
-        _DEFINE_TRITON_OPS = torch.compiler.assume_constant_result(_define_triton_ops)
-    return _DEFINE_TRITON_OPS()
 
 
 def forward_op(backend: str):
