@@ -39,3 +39,14 @@ def wrap_triton(kernel):
     if TORCH_VERSION < (2, 13) and _interpreted(kernel):
         return kernel
     return torch.library.wrap_triton(kernel)
+
+
+def assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without its import of ``torch._dynamo`` (about 1 s).
+
+    Dynamo recognises such a function by one attribute, the one its own decorator sets
+    (torch/_dynamo/decorators.py in every supported release); tests/test_compat.py checks that the two
+    still mark a function alike.
+    """
+    fn._dynamo_marked_constant = True
+    return fn

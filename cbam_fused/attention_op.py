@@ -18,7 +18,7 @@ import threading
 import torch
 from torch import Tensor
 
-from . import backends
+from . import _compat, backends
 from . import small_steps as ss
 from .passes import acc_dtype
 
@@ -267,11 +267,11 @@ def _define_triton_twins():
                       lambda name, fn, schema: torch.library.triton_op(name, fn, mutates_args=(), schema=schema))
 
 
-@torch.compiler.assume_constant_result
+@_compat.assume_constant_result
 def define_triton_ops() -> bool:
     """Define the triton_op twins; torch.compile runs this at trace time instead of tracing it
-    (dynamo refuses to trace ``triton_op`` itself, which broke fullgraph on a first call). The
-    decorator imports torch._dynamo when cbam_fused is imported; making it lazily broke tracing."""
+    (dynamo refuses to trace ``triton_op`` itself, which broke fullgraph on a first call). The mark
+    must be on the function before dynamo first sees it, so it is set at import, without dynamo."""
     _triton_ops()
     return True
 
