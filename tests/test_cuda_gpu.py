@@ -1,8 +1,9 @@
 """Tests of the CUDA kernels on a real GPU (marked ``gpu``; skipped without a CUDA device).
 
-The correctness matrix itself runs on the ``cuda`` backend through tests/test_correctness.py; these
-add the pass-level checks of the emulator suite on device tensors, an fp16 overflow case, bitwise
-determinism, ``torch.compile(fullgraph=True)`` and an int64-indexing case (>= 2^31 elements).
+The correctness matrix itself runs on the ``cuda`` backend through tests/test_correctness.py and the
+pass-level checks through the ``cuda`` pass set of tests/test_passes.py; these add an fp16 overflow
+case, bitwise determinism, ``torch.compile(fullgraph=True)`` and an int64-indexing case (>= 2^31
+elements).
 """
 import pytest
 import torch
@@ -14,7 +15,6 @@ from cbam_fused.passes import TorchPasses
 
 from .conftest import require_backend
 from .oracle import assert_close
-from .test_cuda_emulator import DTYPES, LAYOUTS, SHAPES, make_x, run_all_passes
 
 pytestmark = pytest.mark.gpu
 
@@ -23,31 +23,6 @@ pytestmark = pytest.mark.gpu
 def cuda_passes():
     require_backend("cuda")
     return ops.CppPasses("cuda")
-
-
-class _OnDevice:
-    """The CUDA passes fed from CPU tensors, so the emulator suite's checks run unchanged."""
-
-    def __init__(self, passes):
-        self.passes = passes
-
-    def __getattr__(self, name):
-        fn = getattr(self.passes, name)
-
-        def call(*args):
-            out = fn(*(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
-            return tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
-
-        return call
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
-@pytest.mark.parametrize("shape_name", list(SHAPES))
-def test_passes_match_spec_on_gpu(cuda_passes, shape_name, dtype, layout):
-    shape = SHAPES[shape_name]
-    x, gy = make_x(shape, dtype, layout, seed=10), make_x(shape, dtype, layout, seed=11)
-    run_all_passes(_OnDevice(cuda_passes), x, gy, dtype, f"gpu/{shape_name}/{dtype}/{layout}")
 
 
 def _block_inputs(shape, dtype, scale=1.0, seed=0):
