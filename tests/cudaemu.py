@@ -26,7 +26,8 @@ from cbam_fused.passes import acc_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "csrc" / "pass_args.h", ROOT / "csrc" / "cuda" / "passes.cuh",
-           ROOT / "csrc" / "cuda" / "spatial_conv.cuh", ROOT / "csrc" / "cuda" / "pass_table.cuh",
+           ROOT / "csrc" / "cuda" / "spatial_conv.cuh", ROOT / "csrc" / "cuda" / "channel_mlp.cuh",
+           ROOT / "csrc" / "cuda" / "pass_table.cuh",
            ROOT / "tests" / "cudaemu" / "emu_shim.cu"]
 BUILD_DIR = ROOT / "build" / "cudaemu"
 # csrc/pass_args.h: DType, Layout and Pass numbering
@@ -138,6 +139,8 @@ def _declare(lib):
         "input_grad": (I, [*G, *[V] * 12, I, V]),
         "spatial_conv": (I, [*conv, V, V, V, V, V]),
         "spatial_conv_grad": (I, [*conv, *[V] * 9]),
+        "channel_mlp": (I, [L, L, L, I, I, I, *[V] * 7]),
+        "channel_mlp_grad": (I, [L, L, L, I, I, I, *[V] * 9, L, *[V] * 6]),
         "error_string": (ctypes.c_char_p, [I]),
     }
     for name, (res, args) in sig.items():
@@ -318,6 +321,57 @@ class EmuPasses:
             g0.data_ptr(), g1.data_ptr(), gw.data_ptr(), gb.data_ptr() if has_bias else None, ws.data_ptr()),
             "spatial_conv_backward")
         return g0, g1, gw, gb
+
+
+# csrc/pass_args.h: ChannelPools and GateKind numbering
+MLP_POOLS = {"avg+max": 0, "avg": 1, "max": 2, "light": 3}
+MLP_GATES = {"sigmoid": 0, "hard_sigmoid": 1, "keras_hard_sigmoid": 2}
+
+
+def _mlp_operands(pooled, w1, b1, w2, b2, pools, gate):
+    """The leading arguments of both MLP entry points, checked like the orchestration does."""
+    _, n, c = pooled.shape
+    r = w1.shape[0]
+    dt = pooled.dtype
+    if dt not in (torch.float32, torch.float64) or tuple(w1.shape) != (r, c) or tuple(w2.shape) != (c, r):
+        raise ValueError("pooled [2, N, C] float32/float64, w1 [R, C] and w2 [C, R] expected")
+    for t in (pooled, w1, b1, w2, b2):
+        if t is not None and (t.dtype != dt or not t.is_contiguous()):
+            raise ValueError("the MLP operands must be contiguous and of one dtype")
+    return (n, c, r, dt == torch.float64, MLP_POOLS[pools], MLP_GATES[gate], pooled.data_ptr(),
+            w1.data_ptr(), _ptr(b1), w2.data_ptr(), _ptr(b2))
+
+
+def _mlp_check(lib, rc, what):
+    if rc != 0:
+        raise RuntimeError(f"emulated CUDA launch of {what} failed with cudaError_t {rc} "
+                           f"({lib.cbam_emu_error_string(rc).decode()})")
+
+
+def channel_mlp(pooled, w1, b1, w2, b2, pools="avg+max", gate="sigmoid"):
+    """(m, a) [N, C] from the CUDA table's channel_mlp, on CPU tensors."""
+    lib = _load()
+    head = _mlp_operands(pooled, w1, b1, w2, b2, pools, gate)
+    m, a = pooled.new_empty(pooled.shape[1:]), pooled.new_empty(pooled.shape[1:])
+    _mlp_check(lib, lib.cbam_emu_channel_mlp(*head, m.data_ptr(), a.data_ptr()), "channel_mlp")
+    return m, a
+
+
+def channel_mlp_grad(pooled, w1, b1, w2, b2, m, a, ga, count, pixels, pools="avg+max", gate="sigmoid"):
+    """(u, v, gw1, gb1, gw2, gb2) from the CUDA table's channel_mlp_grad; count (int32) for split ties."""
+    lib = _load()
+    head = _mlp_operands(pooled, w1, b1, w2, b2, pools, gate)
+    m, a, ga = (t.contiguous() for t in (m, a, ga))
+    count = None if count is None else count.to(torch.int32).contiguous()
+    u, v = torch.empty_like(m), torch.empty_like(m)
+    gw1, gw2 = torch.empty_like(w1), torch.empty_like(w2)
+    gb1 = None if b1 is None else torch.empty_like(b1)
+    gb2 = None if b2 is None else torch.empty_like(b2)
+    rc = lib.cbam_emu_channel_mlp_grad(*head, m.data_ptr(), a.data_ptr(), ga.data_ptr(), _ptr(count), pixels,
+                                       u.data_ptr(), v.data_ptr(), gw1.data_ptr(), _ptr(gb1), gw2.data_ptr(),
+                                       _ptr(gb2))
+    _mlp_check(lib, rc, "channel_mlp_grad")
+    return u, v, gw1, gb1, gw2, gb2
 
 
 def register() -> None:
