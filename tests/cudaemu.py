@@ -7,16 +7,19 @@ drives the emulated kernels exactly as it drives the compiled ones.
 The library is built with ``cucc`` from tests/cudaemu/emu_shim.cu, whose ``extern "C"`` entry points
 call through the CUDA PassTable that the ATen glue calls (csrc/cuda/pass_table.cuh), into
 build/cudaemu/ (cached by a hash of the sources and the compiler). ``pass_table_address()`` gives the
-table itself (a ``const cbam_fused::PassTable*``). The emulator is the project's own copy in
-third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
+table itself (a ``const cbam_fused::PassTable*``). ``training_step_launches()`` counts what a training
+step launches, CUDA kernels from the emulator's launch log included, in a child process. The emulator
+is the project's own copy in third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -379,3 +382,52 @@ def register() -> None:
     orchestrations written in Python (the parallel arrangement) get the same kernels as a pass set."""
     backends.register_passes("cudaemu", EmuPasses())
     backends.register_pass_table("cudaemu", pass_table_address())
+
+
+# The kernels each entry of the CUDA table launches (for the default CBAM), by their names in the
+# emulator's launch log; csrc/attention.cpp names the entries after the keys.
+PASS_KERNELS = {
+    "pool_hw": ("pool_hw_tiles", "pool_hw_finish"),
+    "pool_c": ("pool_c_tiles", "pool_c_finish"),
+    "apply_gates": ("apply_gates_tiles",),
+    "gate_grads": ("gate_grads_tiles", "gate_grads_finish"),
+    "pool_c_grad_a": ("pool_c_grad_a_tiles", "pool_c_grad_a_finish"),
+    "input_grad": ("input_grad_tiles",),
+    "spatial_conv": ("spatial_conv_fwd",),
+    "spatial_conv_grad": ("spatial_conv_grad_in", "spatial_conv_grad_w_tiles", "spatial_conv_grad_w_finish"),
+    "channel_mlp": ("channel_mlp_fwd",),
+    "channel_mlp_grad": ("channel_mlp_bwd",),
+}
+
+
+def training_step_launches(cbam: dict, shape: tuple[int, ...], seed: int = 0) -> tuple[list[str], list[str]]:
+    """bench.launches.training_step_launches of ``cbam_fused.CBAM(**cbam)`` on backend "cudaemu" (after
+    a warm-up step): the ATen ops from the profiler and the emulated CUDA kernels from the launch log.
+    The emulator opens $CUDACPU_LAUNCH_LOG at its first launch, so this runs in a child process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, CUDACPU_LAUNCH_LOG=str(Path(tmp) / "launches.log"))
+        spec = json.dumps(dict(cbam=cbam, shape=list(shape), seed=seed))
+        proc = subprocess.run([sys.executable, "-m", "tests.cudaemu", "launches", spec], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the launch count failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-4000:]}")
+    fwd, bwd = json.loads(proc.stdout.strip().splitlines()[-1])
+    return fwd, bwd
+
+
+def _launches_child(spec: dict) -> None:
+    import cbam_fused as cf
+    from bench.launches import training_step_launches as count
+
+    register()
+    torch.manual_seed(spec["seed"])
+    m = cf.CBAM(**spec["cbam"], backend="cudaemu")
+    x = torch.randn(*spec["shape"], requires_grad=True)
+    gy = torch.randn(*spec["shape"])
+    m(x).backward(gy)  # warm-up
+    print(json.dumps(count(m, x, gy, launch_log=os.environ["CUDACPU_LAUNCH_LOG"])))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["launches"]:
+    _launches_child(json.loads(sys.argv[2]))
