@@ -207,9 +207,7 @@ constexpr int64_t kMlpKernelMacs = int64_t{1} << 18;
 
 // The shared MLP as one kernel of the table, where the device has it and the MLP is small.
 bool has_mlp_kernel(const PassTable& table, const Config& cfg, const Tensor& w1, int64_t n) {
-  // Not with split-style ties for now: the CPU kernel's gradients came out wrong for one sample with
-  // split ties, BatchNorm and a 7x7 conv (2x64x16x16, fp64), an open bug; ATen's path is right there.
-  return cfg.kind == ChannelKind::Mlp && !cfg.split && table.channel_mlp != nullptr &&
+  return cfg.kind == ChannelKind::Mlp && table.channel_mlp != nullptr &&
          table.channel_mlp_grad != nullptr && 2 * n * w1.size(0) * w1.size(1) <= kMlpKernelMacs;
 }
 
@@ -438,8 +436,18 @@ BackwardResult attention_backward(const PassTable& table, void* stream, const Te
   const int64_t h = x.size(2), w = x.size(3);
   const ChannelWeights cw = channel_weights(cfg, w1, b1, w2, b2, type);
   const SpatialWeights sw = spatial_weights(cfg, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, type);
-  // the gates are recomputed from their logits (bitwise as in the forward) rather than saved
-  const Tensor a = channel ? gate_forward(cfg.cgate, m) : Tensor();
+  // the gates are recomputed rather than saved, bitwise as in the forward: split-style ties find the
+  // maxima over channels by comparing acc(x) * a with the saved max. Where the MLP kernel made a, the
+  // kernel makes it again (ATen's sigmoid may differ from its gate by an ulp).
+  Tensor a;
+  if (channel && has_mlp_kernel(table, cfg, cw.w1, g.n)) {
+    a = empty_small(x, {g.n, g.c}, type);
+    const Tensor m_again = empty_small(x, {g.n, g.c}, type);
+    run(table, table.channel_mlp, mlp_args(cw, cfg, pooled_hw, m_again, a), stream,
+        "cbam_fused::kernel::channel_mlp");
+  } else if (channel) {
+    a = gate_forward(cfg.cgate, m);
+  }
   const Tensor s = spatial ? gate_forward(cfg.sgate, l) : Tensor();
   Tensor ga = channel ? empty_small(x, {g.n, g.c}, type) : Tensor();
   Tensor gs = spatial ? empty_small(x, {g.n, g.p}, type) : Tensor();
