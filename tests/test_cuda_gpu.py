@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import cbam_fused as cf
-from cbam_fused import ops
+from cbam_fused.pass_ops import CppPasses
 from cbam_fused import reference as R
 from cbam_fused.passes import TorchPasses
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.gpu
 @pytest.fixture
 def cuda_passes():
     require_backend("cuda")
-    return ops.CppPasses("cuda")
+    return CppPasses("cuda")
 
 
 class _OnDevice:
