@@ -96,7 +96,8 @@ if CUDA_ROOT is not None:
     if os.environ.get("CBAM_FUSED_PTXAS_VERBOSE") == "1":
         nvcc_flags.append("-Xptxas=-v")
     # the orchestration is compiled into each library that registers a device kernel for the op pair
-    cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp") + _sources("csrc/attention.cpp")
+    cuda_sources = (_sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp") + _sources("csrc/attention.cpp")
+                    + _sources("csrc/attention_checks.cpp"))
     if cuda_sources:
         ext_modules.append(
             CUDAExtension(

@@ -11,6 +11,7 @@ import torch
 
 from . import shapes as shape_sets
 from .budget import MODES
+from .formulations import FORMULATIONS
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64, "fp64": torch.float64}
@@ -25,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark fused CBAM (every available fused backend) against the eager reference "
-                    "and torch.compile(reference), forward and forward+backward, and write a table, "
-                    "JSON and PNG plots.")
+                    "and the fastest of several torch.compile'd formulations of it, forward and "
+                    "forward+backward, and write a table, JSON and PNG plots.")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda when a GPU is present, else cpu (default: %(default)s)")
     p.add_argument("--backends", default="all",
@@ -47,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "--quick: 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 3, --quick: 1)")
     p.add_argument("--out", default="bench_out", help="output directory (default: %(default)s)")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile(reference) baseline")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    p.add_argument("--compile-formulations", default="all",
+                   help="comma list of the formulations compiled for the torch.compile baseline, which is "
+                        "the fastest of them: %s; all = every one (default: %%(default)s)"
+                        % "; ".join(f"{k} ({f.summary})" for k, f in FORMULATIONS.items()))
     p.add_argument("--quick", action="store_true", help="smoke run: the tiny shape set and few repeats")
     p.add_argument("--channels-last", action="store_true", help="x in channels_last layout")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -108,6 +113,19 @@ def resolve_dtypes(text: str) -> list[torch.dtype]:
     return out
 
 
+def resolve_formulations(text: str) -> list[str]:
+    out: list[str] = []
+    for name in _csv(text):
+        names = list(FORMULATIONS) if name == "all" else [name]
+        if name not in FORMULATIONS and name != "all":
+            raise SystemExit(f"error: unknown compile formulation {name!r}; expected 'all' or one of "
+                             f"{', '.join(FORMULATIONS)}")
+        out += [n for n in names if n not in out]
+    if not out:
+        raise SystemExit("error: --compile-formulations is empty (use --no-compile to skip torch.compile)")
+    return out
+
+
 def resolve_modes(text: str) -> list[str]:
     modes = _csv(text)
     for m in modes:
@@ -163,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: --repeats must be >= 1 and --warmup >= 0")
     cfg = Config(device=device, backends=resolve_backends(args.backends, device),
                  dtypes=resolve_dtypes(args.dtypes), modes=resolve_modes(args.modes), shapes=shapes,
-                 repeats=repeats, warmup=warmup, compile=not args.no_compile, channels_last=args.channels_last)
+                 repeats=repeats, warmup=warmup, compile=not args.no_compile,
+                 compile_formulations=resolve_formulations(args.compile_formulations),
+                 channels_last=args.channels_last)
     if not (cfg.dtypes and cfg.modes and cfg.shapes):
         raise SystemExit("error: nothing to run (empty --dtypes, --modes or --shapes)")
 
@@ -194,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                    "modes": cfg.modes, "shapes": [list(s) for s in shapes],
                    "shape_sets": {"x".join(map(str, s)): shape_sets.sets_containing(s) for s in shapes},
                    "repeats": repeats, "warmup": warmup, "compile": cfg.compile,
+                   "compile_formulations": cfg.compile_formulations if cfg.compile else [],
                    "layout": "channels_last" if cfg.channels_last else "nchw",
                    "reduction": cfg.reduction, "kernel_size": cfg.kernel_size,
                    "impls": [i.name for i in cfg.impls], "timer": "cuda events" if device.type == "cuda"
@@ -227,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["target_summary"] = report.target_summary(result)
+    result["compile_summary"] = report.compile_summary(result)
     report.print_tables(console, result)
     path = report.write_json(result, args.out)
     console.print(f"JSON: {path}")

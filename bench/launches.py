@@ -3,9 +3,16 @@
 Counted inside the op only: the ATen ops that reach a kernel (profiler leaf events, not counting
 allocations and views) and the kernels of the C++ orchestration's pass table, which it names
 ``cbam_fused::kernel::<name>`` for the profiler.
+
+Under the CUDA emulator (third_party/cudacpu) a table entry may launch several kernels: there the
+table's records are left out and the kernels come from the emulator's launch log instead
+(``$CUDACPU_LAUNCH_LOG``, one line per launch). The emulator opens the log at its first launch, so
+the variable must be set before the process launches anything (tests/cudaemu.py runs the count in a
+child process).
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from torch.profiler import ProfilerActivity, profile
@@ -22,27 +29,49 @@ NO_KERNEL = frozenset({
 })
 
 
-def _launches(event) -> list[str]:
+def _launches(event, table_kernels: bool) -> list[str]:
     if event.name.startswith(KERNEL_PREFIX):
-        return [event.name]
+        return [event.name] if table_kernels else []
     if not event.cpu_children:
         return [event.name] if event.name.startswith("aten::") and event.name not in NO_KERNEL else []
-    return [name for child in event.cpu_children for name in _launches(child)]
+    return [name for child in event.cpu_children for name in _launches(child, table_kernels)]
 
 
-def launches_in(fn: Callable[[], object], op_name: str) -> tuple[list[str], object]:
-    """(launches inside the outermost calls of ``op_name`` while ``fn()`` runs, fn's result)."""
+def launch_log_names(path: str | os.PathLike, start: int = 0) -> list[str]:
+    """The kernels of the emulator's launch log from line ``start`` on, without template arguments
+    (the log names each as written at its launch: ``pool_hw_tiles<T, true>``)."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:  # nothing launched yet
+        return []
+    return [line.split("\t", 1)[0].split("<", 1)[0].strip() for line in lines[start:] if line]
+
+
+def launches_in(fn: Callable[[], object], op_name: str, table_kernels: bool = True,
+                launch_log: str | os.PathLike | None = None) -> tuple[list[str], object]:
+    """(launches inside the outermost calls of ``op_name`` while ``fn()`` runs, fn's result).
+
+    ``table_kernels=False`` leaves out the table's records; ``launch_log`` adds the emulated CUDA
+    kernels that the log gained meanwhile.
+    """
+    start = len(launch_log_names(launch_log)) if launch_log is not None else 0
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         result = fn()
     out = []
     for ev in prof.events():
         if ev.name == op_name and (ev.cpu_parent is None or ev.cpu_parent.name != op_name):
-            out += _launches(ev)
+            out += _launches(ev, table_kernels)
+    if launch_log is not None:
+        out += launch_log_names(launch_log, start)
     return out, result
 
 
-def training_step_launches(module, x, gy) -> tuple[list[str], list[str]]:
-    """(forward launches, backward launches) of ``module(x).backward(gy)``."""
-    fwd, y = launches_in(lambda: module(x), FORWARD_OP)
-    bwd, _ = launches_in(lambda: y.backward(gy), BACKWARD_OP)
+def training_step_launches(module, x, gy,
+                           launch_log: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
+    """(forward launches, backward launches) of ``module(x).backward(gy)``; with ``launch_log``, the
+    emulated CUDA kernels in place of the table's records."""
+    kw = dict(table_kernels=launch_log is None, launch_log=launch_log)
+    fwd, y = launches_in(lambda: module(x), FORWARD_OP, **kw)
+    bwd, _ = launches_in(lambda: y.backward(gy), BACKWARD_OP, **kw)
     return fwd, bwd

@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -15,6 +15,7 @@ class Timing:
     iqr_s: float
     samples: int  # timed blocks
     calls_per_sample: int
+    counted: Optional[int] = None  # growth of ``counter()`` over this callable's warm-up and rounds
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,13 +33,17 @@ class Stopwatch:
     tooling), which logs "No CUDA runtime is found" on a machine without a GPU.
     """
 
-    def __init__(self, fn: Callable[[], object], device: torch.device, warmup: int):
-        self.fn, self.device = fn, device
+    def __init__(self, fn: Callable[[], object], device: torch.device, warmup: int,
+                 counter: Optional[Callable[[], int]] = None):
+        self.fn, self.device, self.counter = fn, device, counter
+        self.counted = 0
+        before = counter() if counter else 0
         start = time.perf_counter()
         for _ in range(max(1, warmup)):
             fn()
         _sync(device)
         self.per_call_s = (time.perf_counter() - start) / max(1, warmup)
+        self.counted += (counter() if counter else 0) - before
         # calls per block: about 10 ms of them, at least one
         self.calls_per_block = max(1, min(100_000, int(1e-2 / max(self.per_call_s, 1e-9))))
         self._cpu_times: list[float] = []
@@ -47,6 +52,11 @@ class Stopwatch:
     def round(self, samples: int) -> None:
         """About ``samples`` x max(one call, 50 ms) more of timed blocks (CPU), or exactly ``samples``
         timed calls (GPU)."""
+        before = self.counter() if self.counter else 0
+        self._round(samples)
+        self.counted += (self.counter() if self.counter else 0) - before
+
+    def _round(self, samples: int) -> None:
         if self.device.type == "cuda":
             pairs = []
             for _ in range(max(1, samples)):
@@ -70,12 +80,14 @@ class Stopwatch:
                 spent += block
 
     def result(self) -> Timing:
+        counted = self.counted if self.counter else None
         if self.device.type == "cuda":
             t = self._cuda_times
-            return Timing(median_s=statistics.median(t), iqr_s=_iqr(t), samples=len(t), calls_per_sample=1)
+            return Timing(median_s=statistics.median(t), iqr_s=_iqr(t), samples=len(t), calls_per_sample=1,
+                          counted=counted)
         t = self._cpu_times
         return Timing(median_s=statistics.median(t), iqr_s=_iqr(t), samples=len(t),
-                      calls_per_sample=self.calls_per_block)
+                      calls_per_sample=self.calls_per_block, counted=counted)
 
 
 def _sync(device: torch.device) -> None:
@@ -97,9 +109,14 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int, warmup
     return watch.result()
 
 
-def time_interleaved(fns: dict, device: torch.device, repeats: int, warmup: int, rounds: int = 3) -> dict:
-    """Several callables in turns: ``rounds`` rounds of about ``repeats / rounds`` samples each."""
-    watches = {name: Stopwatch(fn, device, warmup) for name, fn in fns.items()}
+def time_interleaved(fns: dict, device: torch.device, repeats: int, warmup: int, rounds: int = 3,
+                     counter: Optional[Callable[[], int]] = None) -> dict:
+    """Several callables in turns: ``rounds`` rounds of about ``repeats / rounds`` samples each.
+
+    ``counter`` (e.g. dynamo's graph count) is read between turns, never inside the timed blocks, so
+    that what it counts is charged to the callable whose turn it was.
+    """
+    watches = {name: Stopwatch(fn, device, warmup, counter) for name, fn in fns.items()}
     per_round = max(1, -(-repeats // rounds))
     for _ in range(rounds if repeats >= rounds else 1):
         for watch in watches.values():

@@ -22,12 +22,22 @@ def _ok(flag) -> str:
     return "" if flag is None else (" [green]✓[/]" if flag else " [red]✗[/]")
 
 
+def _impl_label(r: dict, markup: bool = True) -> str:
+    """The impl's name; the compiled formulation that "compile" stands for is marked."""
+    if r["kind"] == "fused" and markup:
+        return f"[bold cyan]{r['impl']}[/]"
+    if r["kind"] == "compile" and r.get("formulation") == r.get("compile_winner"):
+        return f"{r['impl']} (fastest)"
+    return r["impl"]
+
+
 def print_tables(console: Console, result: dict) -> None:
     rows, device = result["results"], result["config"]["device"]
     on_gpu = device.startswith("cuda")
     keys = sorted({(r["dtype"], r["mode"]) for r in rows}, key=lambda k: (k[0], k[1] != "forward", k[1]))
     for dtype, mode in keys:
-        t = Table(title=f"{mode}, {dtype}, {device}  median (IQR); vs = speed-up; x clone / x roof = time in units of the plain passes",
+        t = Table(title=f"{mode}, {dtype}, {device}  median (IQR); vs = speed-up; vs compile = against the fastest "
+                        f"compiled formulation; x clone / x roof = time in units of the plain passes",
                   show_lines=False, header_style="bold")
         t.add_column("shape", no_wrap=True)
         t.add_column("impl", no_wrap=True)
@@ -45,7 +55,7 @@ def print_tables(console: Console, result: dict) -> None:
                 t.add_section()
             first = shape != last_shape
             last_shape = shape
-            name = f"[bold cyan]{r['impl']}[/]" if r["kind"] == "fused" else r["impl"]
+            name = _impl_label(r)
             if "error" in r:
                 t.add_row(shape if first else "", name, f"[red]{r['error'][:70]}[/]")
                 continue
@@ -66,8 +76,38 @@ def print_tables(console: Console, result: dict) -> None:
             cells.append(_fmt(r.get("max_abs_diff_vs_eager"), ".1e"))
             t.add_row(*cells)
         console.print(t)
+    _print_compile_summary(console, result)
     _print_baselines(console, result)
     _print_target_summary(console, result)
+
+
+def compile_summary(result: dict) -> list[dict]:
+    """Per (dtype, shape, mode): every compiled formulation's median and the fastest, which "compile" is."""
+    out = {}
+    for r in result["results"]:
+        if r["kind"] != "compile":
+            continue
+        key = (r["dtype"], tuple(r["shape"]), r["mode"])
+        s = out.setdefault(key, {"dtype": r["dtype"], "shape": list(r["shape"]), "mode": r["mode"],
+                                 "winner": r.get("compile_winner"), "time_s": {}})
+        s["time_s"][r["formulation"]] = r.get("time_s")  # None: it failed (see its row's error)
+    return list(out.values())
+
+
+def _print_compile_summary(console: Console, result: dict) -> None:
+    summary = compile_summary(result)
+    if not summary:
+        return
+    names = list(dict.fromkeys(f for s in summary for f in s["time_s"]))
+    t = Table(title="torch.compile: median ms of each compiled formulation; 'compile' is the fastest",
+              header_style="bold")
+    for col in ("dtype", "shape", "mode", *names, "fastest"):
+        t.add_column(col, justify="right" if col in names else "left", no_wrap=True)
+    for s in summary:
+        times = [s["time_s"].get(f) for f in names]
+        t.add_row(s["dtype"], _shape(s["shape"]), s["mode"],
+                  *["-" if v is None else f"{v * 1e3:.3f}" for v in times], s["winner"] or "-")
+    console.print(t)
 
 
 def _print_baselines(console: Console, result: dict) -> None:
@@ -129,7 +169,8 @@ def write_markdown(result: dict, out_dir: str) -> str:
     who = m.get("gpu_name") or f"{m['cpu_model']} ({m['logical_cpus']} CPUs, {m['torch_threads']} threads, " \
                                 f"ATen ISA {m['aten_cpu_capability']})"
     lines = [f"Measured {result['created_utc']} on {who}, torch {m['torch']}, load average at start "
-             f"{_fmt((m.get('load_average') or [None])[0], '.1f')}; median of repeats.", ""]
+             f"{_fmt((m.get('load_average') or [None])[0], '.1f')}; median of repeats. \"vs compile\": against "
+             f"the fastest compiled formulation of each shape and mode, marked (fastest).", ""]
     rows = [r for r in result["results"] if "error" not in r]
     for dtype in sorted({r["dtype"] for r in rows}):
         for mode in [k for k in MODE_FILE if any(r["mode"] == k and r["dtype"] == dtype for r in rows)]:
@@ -137,10 +178,21 @@ def write_markdown(result: dict, out_dir: str) -> str:
                       "| shape | impl | ms | vs eager | vs compile | x clone | saved/\\|x\\| |",
                       "|---|---|---:|---:|---:|---:|---:|"]
             for r in (r for r in rows if r["dtype"] == dtype and r["mode"] == mode):
-                lines.append(f"| {_shape(r['shape'])} | {r['impl']} | {r['time_s'] * 1e3:.2f} | "
+                lines.append(f"| {_shape(r['shape'])} | {_impl_label(r, markup=False)} | {r['time_s'] * 1e3:.2f} | "
                              f"{_fmt(r.get('speedup_vs_eager'), '.2f')} | {_fmt(r.get('speedup_vs_compile'), '.2f')} | "
                              f"{_fmt(r.get('time_over_clone'), '.1f')} | {_fmt(r.get('saved_over_x'), '.2f')} |")
             lines.append("")
+    summary = compile_summary(result)
+    if summary:
+        names = list(dict.fromkeys(f for s in summary for f in s["time_s"]))
+        lines += ["**torch.compile: ms of each compiled formulation**", "",
+                  "| dtype | shape | mode | " + " | ".join(names) + " | fastest |",
+                  "|---|---|---|" + "---:|" * len(names) + "---|"]
+        for s in summary:
+            cells = [_fmt(None if s["time_s"].get(f) is None else s["time_s"][f] * 1e3, ".2f") for f in names]
+            lines.append(f"| {s['dtype']} | {_shape(s['shape'])} | {s['mode']} | " + " | ".join(cells)
+                         + f" | {s['winner'] or '-'} |")
+        lines.append("")
     path = os.path.join(out_dir, "results.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -170,12 +222,12 @@ def write_plots(result: dict, out_dir: str) -> list[str]:
             sel = [r for r in rows if r["dtype"] == dtype and r["mode"] == mode]
             shapes = list(dict.fromkeys(_shape(r["shape"]) for r in sel))
             panels = [("speedup_vs_eager", "speed-up vs eager", "eager"),
-                      ("speedup_vs_compile", "speed-up vs torch.compile", "compile")]
+                      ("speedup_vs_compile", "speed-up vs the fastest torch.compile", "compile")]
             panels = [p for p in panels if any(r.get(p[0]) for r in sel)]
             fig, axes = plt.subplots(1, len(panels), figsize=(max(8, 1.1 * len(shapes)) * len(panels) / 1.4, 4.8),
                                      squeeze=False)
             for ax, (key, label, baseline) in zip(axes[0], panels):
-                impls = [i for i in dict.fromkeys(r["impl"] for r in sel) if i != baseline]
+                impls = list(dict.fromkeys(r["impl"] for r in sel if r["kind"] != baseline))
                 width = 0.8 / max(1, len(impls))
                 for k, impl in enumerate(impls):
                     vals = {_shape(r["shape"]): r.get(key) for r in sel if r["impl"] == impl}

@@ -1,4 +1,8 @@
-"""The sweep: every (dtype, shape, mode) timed for each fused backend, eager and torch.compile."""
+"""The sweep: every (dtype, shape, mode) timed for each fused backend, eager and torch.compile.
+
+"compile" is the fastest of several compiled formulations (``bench.formulations``), each compiled afresh
+per shape and mode and timed in the same interleaved rounds as the others.
+"""
 from __future__ import annotations
 
 import time
@@ -15,6 +19,7 @@ import cbam_fused
 from cbam_fused import reference
 
 from . import budget
+from .formulations import FORMULATIONS, build
 from .measure import peak_memory, saved_bytes, time_interleaved
 
 # The project's CPU targets (bench/README.md, `targets`), checked per fused row; ratios, not measurements.
@@ -27,11 +32,13 @@ TARGETS = {
 
 @dataclass
 class Impl:
-    """One contestant: ``kind`` is "fused", "eager" or "compile"; ``backend`` names the fused backend."""
+    """One contestant: ``kind`` is "fused", "eager" or "compile"; ``backend`` names the fused backend,
+    ``formulation`` the compiled formulation."""
 
     name: str
     kind: str
     backend: Optional[str] = None
+    formulation: Optional[str] = None
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Config:
     repeats: int = 10
     warmup: int = 3
     compile: bool = True
+    compile_formulations: list[str] = field(default_factory=lambda: list(FORMULATIONS))
     channels_last: bool = False
     reduction: int = 16
     kernel_size: int = 7
@@ -53,7 +61,7 @@ class Config:
     def __post_init__(self):
         self.impls = [Impl("eager", "eager")]
         if self.compile:
-            self.impls.append(Impl("compile", "compile"))
+            self.impls += [Impl(f"compile:{f}", "compile", formulation=f) for f in self.compile_formulations]
         self.impls += [Impl(f"fused:{b}", "fused", b) for b in self.backends]
 
 
@@ -65,10 +73,7 @@ def _module(impl: Impl, ref: nn.Module, cfg: Config, channels: int) -> nn.Module
     if impl.kind == "eager":
         return ref
     if impl.kind == "compile":
-        # compile in this process: a pool of compile workers would keep spinning while we time
-        torch._inductor.config.compile_threads = 1
-        torch._dynamo.reset()  # fresh per shape and mode: one compiled fn over many shapes hits the limit
-        return torch.compile(ref, dynamic=False)
+        return torch.compile(build(impl.formulation, ref), dynamic=False)
     fused = cbam_fused.CBAM(channels, cfg.reduction, cfg.kernel_size, backend=impl.backend)
     fused = fused.to(device=cfg.device, dtype=next(ref.parameters()).dtype)
     fused.load_state_dict(ref.state_dict(), strict=True)
@@ -109,10 +114,18 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
     rows = []
     for mode in cfg.modes:
         mode_rows, ready = [], {}
+        if any(impl.kind == "compile" for impl in cfg.impls):
+            # compile in this process: a pool of compile workers would keep spinning while we time
+            torch._inductor.config.compile_threads = 1
+            # fresh per shape and mode (one compiled fn over many shapes hits the recompile limit); once
+            # per case, not per contestant: a reset drops the code of the modules compiled before it
+            torch._dynamo.reset()
         for impl in cfg.impls:
             on_step(f"{dtype_name(dtype)} {tuple(shape)} {mode} {impl.name}")
             row = {"shape": list(shape), "dtype": dtype_name(dtype), "mode": mode, "impl": impl.name,
                    "kind": impl.kind, "backend": impl.backend, "x_bytes": x_bytes}
+            if impl.kind == "compile":
+                row["formulation"] = impl.formulation
             mode_rows.append(row)
             try:
                 ready[impl.name] = _prepare(impl, ref, cfg, x, gy, mode, c, row)
@@ -120,8 +133,9 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
                 _record_error(row, e)
         _compare_outputs(mode_rows, ready)
         try:
+            # dynamo's graph count, read between turns: graphs added while a compiled contestant ran
             timings = time_interleaved({name: r["step"] for name, r in ready.items()}, cfg.device,
-                                       cfg.repeats, cfg.warmup)
+                                       cfg.repeats, cfg.warmup, counter=lambda: _dynamo_graphs()[0])
         except Exception as e:
             for row in mode_rows:
                 if row["impl"] in ready:
@@ -131,6 +145,8 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
             if row["impl"] in timings:
                 t = timings[row["impl"]]
                 row.update(time_s=t.median_s, iqr_s=t.iqr_s, samples=t.samples, calls_per_sample=t.calls_per_sample)
+                if row["kind"] == "compile":
+                    row["compile_recompiles"] = t.counted
                 _memory(ready[row["impl"]], x, mode, cfg.device, row)
         _derive(mode_rows, base, mode)
         rows += mode_rows
@@ -155,7 +171,6 @@ def _prepare(impl: Impl, ref: nn.Module, cfg: Config, x, gy, mode: str, channels
         graphs, breaks = _dynamo_graphs()
         row.update(compile_s=time.perf_counter() - start, compile_graphs=graphs - graphs0,
                    compile_graph_breaks=breaks - breaks0)
-        ready["graphs_after_compile"] = graphs
     return ready
 
 
@@ -177,8 +192,6 @@ def _compare_outputs(rows: list[dict], ready: dict) -> None:
 def _memory(ready: dict, x, mode: str, device, row: dict) -> None:
     """Saved-for-backward bytes (forward+backward) and CUDA peak memory of one prepared impl."""
     mod = ready["mod"]
-    if ready["impl"].kind == "compile":
-        row["compile_recompiles"] = _dynamo_graphs()[0] - ready["graphs_after_compile"]
     if mode == "forward+backward":
         try:
             xg = x.detach().requires_grad_(True)
@@ -189,16 +202,22 @@ def _memory(ready: dict, x, mode: str, device, row: dict) -> None:
 
 
 def _derive(rows: list[dict], base: dict, mode: str) -> None:
-    """Speed-ups, bytes, bandwidth and the roof ratios, from the rows of one (dtype, shape, mode)."""
+    """Speed-ups, bytes, bandwidth and the roof ratios, from the rows of one (dtype, shape, mode).
+
+    "compile" is the fastest compiled formulation of the case; every row names it in ``compile_winner``.
+    """
     times = {r["impl"]: r.get("time_s") for r in rows}
+    compiled = {r["formulation"]: r["time_s"] for r in rows if r["kind"] == "compile" and r.get("time_s")}
+    winner = min(compiled, key=compiled.get) if compiled else None
     x_bytes = base["x_bytes"]
     fused_bytes = budget.bytes_moved("fused", mode, x_bytes)
     for r in rows:
+        r["compile_winner"] = winner
         t = r.get("time_s")
         if t is None:
             continue
         r["speedup_vs_eager"] = times["eager"] / t if times.get("eager") else None
-        r["speedup_vs_compile"] = times["compile"] / t if times.get("compile") else None
+        r["speedup_vs_compile"] = compiled[winner] / t if winner else None
         r["bytes_moved"] = budget.bytes_moved(r["kind"], mode, x_bytes)
         r["gbps"] = r["bytes_moved"] / t / 1e9 if r["bytes_moved"] else None
         r["effective_gbps"] = fused_bytes / t / 1e9  # the fused plan's bytes over this time

@@ -81,6 +81,9 @@ def _saved_like(a: dict) -> tuple:
 
 def _fake_forward(*args, **kwargs):
     a = _bind(FORWARD_ARGS, args, kwargs)
+    if len({t.device for t in a.values() if isinstance(t, Tensor)}) > 1:
+        # not a trace: real tensors on several devices, one of them meta, reached this kernel
+        torch.ops.cbam_fused.check_inputs(*(a[name] for name in FORWARD_ARGS))
     return (torch.empty_like(dense(a["x"])), *_saved_like(a))
 
 
@@ -180,8 +183,8 @@ def backward_impl(passes, a: dict):
                                u_c, v_c, tie_c if spatial else None, max_c,
                                u_hw, v_hw, tie_hw if channel else None, max_hw, split)
     grads = dict(zip(("w1", "b1", "w2", "b2", "conv_w", "conv_b", "bn_w", "bn_b"), (*cgrads, *sgrads)))
-    return (gx, *(grads[w].to(a[w].dtype) if grads[w] is not None and a[w] is not None else x.new_empty(0)
-                  for w in TRAINED))
+    return (gx, *(grads[w].to(a[w].dtype).view(a[w].shape) if grads[w] is not None and a[w] is not None
+                  else x.new_empty(0) for w in TRAINED))
 
 
 # --------------------------------------------------------------------------------- Python twins
@@ -279,7 +282,7 @@ def define_triton_ops() -> bool:
 def forward_op(backend: str):
     """The forward op that runs a resolved backend (not "torch")."""
     if backends.is_native(backend):
-        return torch.ops.cbam_fused.attention_forward
+        return _FORWARD
     if backend == "triton" and define_triton_ops():
         return torch.ops.cbam_fused.attention_forward_triton
     return torch.ops.cbam_fused.attention_forward_py
@@ -288,7 +291,7 @@ def forward_op(backend: str):
 def backward_op(backend: str):
     """The backward op paired with ``forward_op(backend)``."""
     if backends.is_native(backend):
-        return torch.ops.cbam_fused.attention_backward
+        return _BACKWARD
     if backend == "triton" and define_triton_ops():
         return torch.ops.cbam_fused.attention_backward_triton
     return torch.ops.cbam_fused.attention_backward_py

@@ -60,7 +60,6 @@ class Recipe:
     conv_weight: Optional[str] = None
     conv_bias: Optional[str] = None
     bn: Optional[str] = None
-    channel_matrix: bool = True  # weights of 1x1 convs / Linear layers flatten to matrices; Conv1d stays 3-D
     light_conv: bool = False  # Conv2d(1, 1, K) on 0.5*mean + 0.5*max: read as [0.5 W, 0.5 W] over [mean, max]
 
 
@@ -89,9 +88,7 @@ class FusedBlock(nn.Module):
     def _weights(self) -> dict:
         r = self.recipe
         w = {k: _get(self, getattr(r, k)) for k in ("w1", "b1", "w2", "b2", "conv_weight", "conv_bias")}
-        if r.channel_matrix:
-            w["w1"] = None if w["w1"] is None else w["w1"].flatten(1)
-            w["w2"] = None if w["w2"] is None else w["w2"].flatten(1)
+        # 1x1 conv weights go to the op as they are: it reads [rows, cols, 1, 1] as the matrix
         if r.light_conv:  # applied on every call, differentiably; nothing is folded into the stored weight
             w["conv_weight"] = torch.cat([w["conv_weight"], w["conv_weight"]], dim=1) * 0.5
         w["bn"] = None if r.bn is None else self.get_submodule(r.bn)
@@ -215,13 +212,13 @@ def _structure(block: nn.Module) -> dict:
         if io1 is None or io2 is None or io1[1] != io2[0] or io2[1] != io1[0]:
             return {}
         out.update(kind="mlp", channels=io1[0], w1=f"{p1}.weight", b1=f"{p1}.bias" if l1.bias is not None else None,
-                   w2=f"{p2}.weight", b2=f"{p2}.bias" if l2.bias is not None else None, channel_matrix=True)
+                   w2=f"{p2}.weight", b2=f"{p2}.bias" if l2.bias is not None else None)
     elif len(rest) == 1:
         p1, l1 = rest[0]
         io = _dense_io(l1)
         if io is not None and io[0] == io[1]:
             out.update(kind="linear", channels=io[0], w1=f"{p1}.weight",
-                       b1=f"{p1}.bias" if l1.bias is not None else None, channel_matrix=True)
+                       b1=f"{p1}.bias" if l1.bias is not None else None)
         elif type(l1) is nn.Conv1d and l1.in_channels == 1 and l1.out_channels == 1:
             k = l1.kernel_size[0]
             if k % 2 != 1 or l1.stride != (1,) or l1.dilation != (1,) or l1.padding_mode != "zeros":
@@ -229,8 +226,7 @@ def _structure(block: nn.Module) -> dict:
             if tuple(l1.padding) != ((k - 1) // 2,):
                 raise _Skip(f"Conv1d padding {l1.padding} is not (k-1)//2 = {(k - 1) // 2} "
                             "(a circular or manual padding is not reproduced)")
-            out.update(kind="conv1d", w1=f"{p1}.weight", b1=f"{p1}.bias" if l1.bias is not None else None,
-                       channel_matrix=False)
+            out.update(kind="conv1d", w1=f"{p1}.weight", b1=f"{p1}.bias" if l1.bias is not None else None)
         else:
             return {}
     elif rest:
@@ -301,7 +297,7 @@ def _candidates(s: dict):
 
 def _recipe(s: dict, flavor: Flavor) -> Recipe:
     return Recipe(flavor=flavor, **{k: s.get(k) for k in ("w1", "b1", "w2", "b2", "conv_weight", "conv_bias", "bn")},
-                  channel_matrix=s.get("channel_matrix", True), light_conv=bool(s.get("light_conv")))
+                  light_conv=bool(s.get("light_conv")))
 
 
 # ------------------------------------------------------------------------------------- numbers

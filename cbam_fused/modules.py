@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from . import small_steps as ss
-from .ops import TIES, attention
+from . import ops
+from .ops import TIES
 from .parallel import parallel_attention
 from .reference import hidden_width
 
@@ -66,18 +67,15 @@ def _as(t: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
     return t if t is None or t.dtype == x.dtype else t.to(x.dtype)  # no call at all when it is a no-op
 
 
-def _bn_args(bn: Optional[nn.modules.batchnorm._BatchNorm], x: Tensor) -> dict:
-    """The fused op's BatchNorm arguments, following ``nn.BatchNorm2d.forward``: batch statistics in
-    training mode, and in eval mode when there are no running buffers."""
-    if bn is None:
-        return {}
+def _bn_args(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> tuple:
+    """The fused op's BatchNorm arguments (mode, weight, bias, running mean and var, eps), following
+    ``nn.BatchNorm2d.forward``: batch statistics in training mode, and in eval mode when there are no
+    running buffers."""
     if bn.num_features != 1:
         raise ValueError(f"the BatchNorm after the spatial conv must have 1 feature, got {bn.num_features}")
-    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    args = dict(bn_weight=_as(bn.weight, x), bn_bias=_as(bn.bias, x), bn_training=batch_stats, bn_eps=bn.eps)
-    if not batch_stats:
-        args.update(bn_running_mean=_as(bn.running_mean, x), bn_running_var=_as(bn.running_var, x))
-    return args
+    if bn.training or (bn.running_mean is None and bn.running_var is None):
+        return "train", _as(bn.weight, x), _as(bn.bias, x), None, None, bn.eps
+    return "eval", _as(bn.weight, x), _as(bn.bias, x), _as(bn.running_mean, x), _as(bn.running_var, x), bn.eps
 
 
 def _update_running_stats(bn: nn.modules.batchnorm._BatchNorm, stats: Tensor, count: int) -> None:
@@ -108,30 +106,45 @@ def run_attention(
     backend: Optional[str] = None,
 ) -> Tensor:
     """Apply the gates of ``flavor`` with these weights (cast to x's dtype here) and update ``bn``'s
-    running statistics in training mode. Either group of weights may be absent (a single gate)."""
+    running statistics in training mode. Either group of weights may be absent (a single gate). The
+    channel map's weights may be 1x1 conv weights [rows, cols, 1, 1], as the modules hold them.
+
+    This is every fused module's forward, so it stays lean: the op checks the arguments itself."""
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"expected a 4-D tensor [N, C, H, W], got {getattr(x, 'shape', type(x).__name__)}")
     f = flavor
-    channel = dict(w1=_as(w1, x), b1=_as(b1, x), w2=_as(w2, x), b2=_as(b2, x), channel_kind=f.channel_kind,
-                   channel_pools=f.channel_pools, channel_gate=f.channel_gate) if w1 is not None else {}
-    spatial = dict(conv_weight=_as(conv_weight, x), conv_bias=_as(conv_bias, x), spatial_order=f.spatial_order,
-                   spatial_gate=f.spatial_gate, **_bn_args(bn, x)) if conv_weight is not None else {}
-    if bn is not None and conv_weight is None:
-        raise ValueError("a BatchNorm needs the spatial conv it follows")
-    n, _, h, w = x.shape
-    if spatial.get("bn_training") and n * h * w <= 1:
-        raise ValueError(f"BatchNorm in training mode needs more than 1 value, got input shape {tuple(x.shape)}")
-    if f.arrangement == "parallel" and channel and spatial:
-        channel.pop("channel_gate")
-        spatial["gate"] = spatial.pop("spatial_gate")
-        y, stats = parallel_attention(x, **channel, **spatial, ties=f.ties, backend=backend)
-    elif f.arrangement == "spatial_channel" and channel and spatial:
-        x1, stats = attention(x, **spatial, ties=f.ties, backend=backend)
-        y, _ = attention(x1, **channel, ties=f.ties, backend=backend)
+    channel, spatial = w1 is not None, conv_weight is not None
+    if channel:
+        w1, b1, w2, b2 = _as(w1, x), _as(b1, x), _as(w2, x), _as(b2, x)
+    if spatial:
+        conv_weight, conv_bias = _as(conv_weight, x), _as(conv_bias, x)
+    bn_mode, bn_w, bn_b, bn_mean, bn_var, bn_eps = "none", None, None, None, None, 1e-5
+    if bn is not None:
+        if not spatial:
+            raise ValueError("a BatchNorm needs the spatial conv it follows")
+        bn_mode, bn_w, bn_b, bn_mean, bn_var, bn_eps = _bn_args(bn, x)
+        n, _, h, w = x.shape
+        if bn_mode == "train" and n * h * w <= 1:
+            raise ValueError(f"BatchNorm in training mode needs more than 1 value, got input shape {tuple(x.shape)}")
+    if channel and spatial and f.arrangement == "parallel":
+        y, stats = parallel_attention(
+            x, w1=w1, b1=b1, w2=w2, b2=b2, channel_kind=f.channel_kind, channel_pools=f.channel_pools,
+            conv_weight=conv_weight, conv_bias=conv_bias, spatial_order=f.spatial_order, gate=f.spatial_gate,
+            bn_weight=bn_w, bn_bias=bn_b, bn_running_mean=bn_mean, bn_running_var=bn_var,
+            bn_training=None if bn_mode == "none" else bn_mode == "train", bn_eps=bn_eps, ties=f.ties,
+            backend=backend)
+    elif channel and spatial and f.arrangement == "spatial_channel":
+        x1, stats = ops.run(x, None, None, None, None, conv_weight, conv_bias, bn_w, bn_b, bn_mean, bn_var,
+                            f.channel_kind, f.channel_pools, f.channel_gate, f.spatial_order, f.spatial_gate,
+                            bn_mode, bn_eps, f.ties, backend)
+        y, _ = ops.run(x1, w1, b1, w2, b2, None, None, None, None, None, None, f.channel_kind, f.channel_pools,
+                       f.channel_gate, f.spatial_order, f.spatial_gate, "none", bn_eps, f.ties, backend)
     else:
-        y, stats = attention(x, **channel, **spatial, ties=f.ties, backend=backend)
+        y, stats = ops.run(x, w1, b1, w2, b2, conv_weight, conv_bias, bn_w, bn_b, bn_mean, bn_var,
+                           f.channel_kind, f.channel_pools, f.channel_gate, f.spatial_order, f.spatial_gate,
+                           bn_mode, bn_eps, f.ties, backend)
     if stats is not None and bn is not None:
-        _update_running_stats(bn, stats, n * h * w)
+        _update_running_stats(bn, stats, x.shape[0] * x.shape[2] * x.shape[3])
     return y
 
 
@@ -166,9 +179,9 @@ class ChannelAttention(nn.Module):
 
     def weights(self) -> dict:
         if self.flavor.channel_kind == "linear":
-            return dict(w1=self.fc.weight.flatten(1), b1=self.fc.bias)
+            return dict(w1=self.fc.weight, b1=self.fc.bias)
         fc1, fc2 = self.shared_MLP[0], self.shared_MLP[2]
-        return dict(w1=fc1.weight.flatten(1), b1=fc1.bias, w2=fc2.weight.flatten(1), b2=fc2.bias)
+        return dict(w1=fc1.weight, b1=fc1.bias, w2=fc2.weight, b2=fc2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return run_attention(x, self.flavor, **self.weights(), backend=self.backend)
@@ -225,8 +238,8 @@ class CBAM(nn.Module):
         self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
-        kw = {**self.channel_attention.weights(), **self.spatial_attention.weights()}
-        return run_attention(x, self.flavor, **kw, backend=self.backend)
+        return run_attention(x, self.flavor, **self.channel_attention.weights(), **self.spatial_attention.weights(),
+                             backend=self.backend)
 
 
 class SE(nn.Module):
@@ -247,8 +260,8 @@ class SE(nn.Module):
         self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
-        return run_attention(x, self.flavor, w1=self.fc1.weight.flatten(1), b1=self.fc1.bias,
-                             w2=self.fc2.weight.flatten(1), b2=self.fc2.bias, backend=self.backend)
+        return run_attention(x, self.flavor, w1=self.fc1.weight, b1=self.fc1.bias, w2=self.fc2.weight,
+                             b2=self.fc2.bias, backend=self.backend)
 
 
 def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:

@@ -131,19 +131,16 @@ def parallel_attention(x, *, w1, b1=None, w2=None, b2=None, channel_kind="mlp", 
                        bn_bias=None, bn_running_mean=None, bn_running_var=None, bn_training=None, bn_eps=1e-5,
                        ties="index", backend=None):
     """``(y, bn_batch_stats)`` of the parallel arrangement, with the argument conventions of
-    ``cbam_fused.ops.attention`` (which validates them: call it through ``cbam_fused.modules``)."""
-    ops.validate(x, w1, b1, w2, b2, channel_kind, conv_weight, conv_bias, bn_weight, bn_bias,
-                  bn_running_mean, bn_running_var, bn_training)
+    ``cbam_fused.ops.attention``, checked as it checks them."""
     if w1 is None or conv_weight is None:
         raise ValueError("the parallel arrangement needs both a channel map (w1) and a spatial map (conv_weight)")
-    ops.check_config(channel_kind, channel_pools, gate, gate, ties)
     bn = "none" if bn_training is None else ("train" if bn_training else "eval")
-    if bn == "eval" and bn_running_mean is None:
-        raise ValueError("BatchNorm in eval mode needs bn_running_mean and bn_running_var")
     name = ops.resolve_backend(backend, x)
     if not torch.compiler.is_compiling() and backends.under_functorch_autodiff():  # _Parallel has no functorch rules
         raise RuntimeError("the parallel arrangement does not support torch.func.grad, vjp, jacrev, jvp, jacfwd or "
                            "hessian (with any backend); loop over the samples with ordinary autograd instead")
+    ops.check_inputs(x, w1, b1, w2, b2, conv_weight, conv_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var,
+                     channel_kind, channel_pools, gate, spatial_order, gate, bn, float(bn_eps), ties, name)
     cfg = (channel_kind, channel_pools, gate, spatial_order, bn, float(bn_eps), ties, name)
     y, stats = _Parallel.apply(x, w1, b1, w2, b2, conv_weight, conv_bias, bn_weight, bn_bias,
                                bn_running_mean, bn_running_var, cfg)

@@ -70,7 +70,13 @@ class ChannelWeights:
 
     @classmethod
     def of(cls, kind, w1, b1, w2, b2, dtype) -> "ChannelWeights":
+        if kind != "conv1d":  # 1x1 conv weights [rows, cols, 1, 1] are the matrices [rows, cols]
+            w1, w2 = _matrix(w1), _matrix(w2)
         return cls(kind, w1.to(dtype), _cast(b1, dtype), _cast(w2, dtype), _cast(b2, dtype))
+
+
+def _matrix(w):
+    return w.flatten(1) if w is not None and w.dim() == 4 else w
 
 
 def _channel_inputs(pools: str, avg: Tensor, mx: Tensor) -> list[Tensor]:

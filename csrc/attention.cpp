@@ -3,6 +3,7 @@
 // BatchNorm) on tensors of size O(N * (C + P)). cbam_fused/ops.py's Python orchestration over
 // cbam_fused/passes.py is the executable spec this follows; tests check that the two agree.
 #include "attention.h"
+#include "attention_checks.h"
 
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
@@ -13,74 +14,6 @@
 
 namespace cbam_fused {
 namespace {
-
-// ------------------------------------------------------------------------------ configuration
-enum class ChannelKind { Mlp, Linear, Conv1d };
-enum class Order { MeanMax, MaxMean };
-enum class BnMode { None, Train, Eval };
-enum class Ties { Index, Split };
-
-// The allowed values of each option, in the order of its enum (ChannelPools and GateKind are the
-// kernels' numbering, csrc/pass_args.h).
-struct Choices {
-  const char* option;
-  std::vector<std::string> values;
-};
-const std::array<Choices, 6>& choices() {
-  static const std::array<Choices, 6> c{{
-      {"channel_kind", {"mlp", "linear", "conv1d"}},
-      {"channel_pools", {"avg+max", "avg", "max", "light"}},
-      {"gate", {"sigmoid", "hard_sigmoid", "keras_hard_sigmoid"}},
-      {"spatial_order", {"mean_max", "max_mean"}},
-      {"bn", {"none", "train", "eval"}},
-      {"ties", {"index", "split"}},
-  }};
-  return c;
-}
-
-const Choices& option(c10::string_view name) {
-  for (const auto& c : choices())
-    if (name == c.option) return c;
-  TORCH_CHECK(false, "cbam_fused: no option named '", std::string(name), "'");
-}
-
-std::string join(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "'" : ", '") + s + "'";
-  return out;
-}
-
-template <typename E>
-E parse(const char* option_name, const char* what, c10::string_view value) {
-  const auto& values = option(option_name).values;
-  for (size_t i = 0; i < values.size(); ++i)
-    if (value == values[i]) return static_cast<E>(i);
-  TORCH_CHECK_VALUE(false, "cbam_fused: unknown ", what, " '", std::string(value), "'; expected one of ",
-                    join(values));
-}
-
-struct Config {
-  ChannelKind kind;
-  ChannelPools pools;
-  GateKind cgate, sgate;
-  Order order;
-  BnMode bn;
-  double bn_eps;
-  bool split;
-};
-
-Config parse_config(c10::string_view channel_kind, c10::string_view channel_pools, c10::string_view channel_gate,
-                    c10::string_view spatial_order, c10::string_view spatial_gate, c10::string_view bn,
-                    double bn_eps, c10::string_view ties) {
-  return Config{parse<ChannelKind>("channel_kind", "channel_kind", channel_kind),
-                parse<ChannelPools>("channel_pools", "channel_pools", channel_pools),
-                parse<GateKind>("gate", "channel gate", channel_gate),
-                parse<GateKind>("gate", "spatial gate", spatial_gate),
-                parse<Order>("spatial_order", "spatial_order", spatial_order),
-                parse<BnMode>("bn", "BatchNorm mode", bn),
-                bn_eps,
-                parse<Ties>("ties", "ties", ties) == Ties::Split};
-}
 
 // ------------------------------------------------------------------------------ tensors
 at::ScalarType acc_type(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
@@ -109,7 +42,6 @@ Tensor dense(const Tensor& x) {
 }
 
 Geometry geometry_of(const Tensor& x) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "cbam_fused: x must be 4-D [N, C, H, W], got shape ", x.sizes());
   const Layout layout = x.is_contiguous() ? Layout::NCHW : Layout::NHWC;
   return Geometry{x.size(0), x.size(1), x.size(2) * x.size(3), dtype_of(x), layout};
 }
@@ -132,9 +64,15 @@ void run(const PassTable& table, int (*kernel)(const Args&, void*), const Args& 
   TORCH_CHECK(code == 0, "cbam_fused: the ", name, " kernel failed: ", table.error_string(code));
 }
 
+// Undefined (a null pointer for the kernel) when the pass needs none: no allocation call.
 Tensor workspace(const PassTable& table, Pass pass, const Geometry& g, const Tensor& like) {
   const std::size_t bytes = table.workspace_bytes(pass, g);
-  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+  return bytes == 0 ? Tensor() : at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+}
+
+// Plane i of a contiguous [k, ...] tensor, as a pointer (no select op).
+void* plane(const Tensor& t, int64_t i) {
+  return static_cast<char*>(t.mutable_data_ptr()) + i * t.stride(0) * t.element_size();
 }
 
 Tensor empty_small(const Tensor& x, at::IntArrayRef size, at::ScalarType type) {
@@ -269,9 +207,7 @@ constexpr int64_t kMlpKernelMacs = int64_t{1} << 18;
 
 // The shared MLP as one kernel of the table, where the device has it and the MLP is small.
 bool has_mlp_kernel(const PassTable& table, const Config& cfg, const Tensor& w1, int64_t n) {
-  // Not with split-style ties for now: the CPU kernel's gradients came out wrong for one sample with
-  // split ties, BatchNorm and a 7x7 conv (2x64x16x16, fp64), an open bug; ATen's path is right there.
-  return cfg.kind == ChannelKind::Mlp && !cfg.split && table.channel_mlp != nullptr &&
+  return cfg.kind == ChannelKind::Mlp && table.channel_mlp != nullptr &&
          table.channel_mlp_grad != nullptr && 2 * n * w1.size(0) * w1.size(1) <= kMlpKernelMacs;
 }
 
@@ -298,7 +234,11 @@ struct SpatialWeights {
 // The weights of each map in the accumulation dtype (no ATen call where they already are).
 ChannelWeights channel_weights(const Config& cfg, const OptTensor& w1, const OptTensor& b1, const OptTensor& w2,
                                const OptTensor& b2, at::ScalarType type) {
-  return ChannelWeights{cfg.kind, acc(w1, type), acc(b1, type), acc(w2, type), acc(b2, type)};
+  // 1x1 conv weights [rows, cols, 1, 1] are taken as the matrices they are (no copy)
+  auto matrix = [&](const OptTensor& w) {
+    return w.has_value() && cfg.kind != ChannelKind::Conv1d ? OptTensor(as_matrix(*w)) : w;
+  };
+  return ChannelWeights{cfg.kind, acc(matrix(w1), type), acc(b1, type), acc(matrix(w2), type), acc(b2, type)};
 }
 
 SpatialWeights spatial_weights(const Config& cfg, const OptTensor& conv_w, const OptTensor& conv_b,
@@ -405,12 +345,12 @@ std::tuple<Tensor, Tensor, Tensor> pool(const PassTable& table, void* stream, co
   if (per_channel) {
     Tensor ws = workspace(table, Pass::PoolHw, g, x);
     run(table, table.pool_hw,
-        PoolHwArgs{g, ptr(x), mut(pooled[0]), mut(pooled[1]), ints(argmax), ints(count), mut(ws)}, stream,
+        PoolHwArgs{g, ptr(x), plane(pooled, 0), plane(pooled, 1), ints(argmax), ints(count), mut(ws)}, stream,
         "cbam_fused::kernel::pool_hw");
   } else {
     Tensor ws = workspace(table, Pass::PoolC, g, x);
     run(table, table.pool_c,
-        PoolCArgs{g, ptr(x), ptr(a), mut(pooled[0]), mut(pooled[1]), ints(argmax), ints(count), mut(ws)}, stream,
+        PoolCArgs{g, ptr(x), ptr(a), plane(pooled, 0), plane(pooled, 1), ints(argmax), ints(count), mut(ws)}, stream,
         "cbam_fused::kernel::pool_c");
   }
   return {pooled, argmax, count};
@@ -423,27 +363,22 @@ TieOperand tie_operand(bool split, const Tensor& tie, const Tensor& max) {
 
 }  // namespace
 
-std::vector<std::string> config_choices(c10::string_view name) { return option(name).values; }
-
 #define CBAM_FUSED_WEIGHT_NAME(name) , name
 #define CBAM_FUSED_CONFIG_NAME(schema_type, cpp_type, name) , name
 
 ForwardResult attention_forward(const PassTable& table, void* stream,
                                 const Tensor& x_in CBAM_FUSED_WEIGHTS(CBAM_FUSED_WEIGHT_PARAM)
                                     CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_PARAM)) {
-  (void)backend;
+  const Config cfg = check_inputs(x_in CBAM_FUSED_WEIGHTS(CBAM_FUSED_WEIGHT_NAME) CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_NAME));
   // the small steps run in the accumulation dtype whatever autocast says (the autocast policy in README.md)
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const Config cfg = parse_config(channel_kind, channel_pools, channel_gate, spatial_order, spatial_gate, bn,
-                                  bn_eps, ties);
   const Tensor x = dense(x_in);
   const Geometry g = geometry_of(x);
   const auto type = acc_type(x);
   const bool channel = w1.has_value(), spatial = conv_w.has_value();
   const int64_t h = x.size(2), w = x.size(3);
   auto none = [&](at::ScalarType t) { return at::empty({0}, x.options().dtype(t)); };
-  Tensor a, s, m = none(type), pooled_hw = none(type), tie_hw = none(at::kInt), l = none(type),
-               pooled_c = none(type), tie_c = none(at::kInt), stats = none(type);
+  Tensor a, s, m, pooled_hw, tie_hw, l, pooled_c, tie_c, stats;
   if (channel) {
     const ChannelWeights wt = channel_weights(cfg, w1, b1, w2, b2, type);
     auto [pooled, argmax, count] = pool(table, stream, x, g, Tensor(), true);
@@ -464,12 +399,23 @@ ForwardResult attention_forward(const PassTable& table, void* stream,
     pooled_c = pooled;
     tie_c = cfg.split ? count : argmax;
     std::tie(l, stats) = spatial_logits(table, stream, wt, pooled_c, h, w);
-    if (cfg.bn != BnMode::Train) stats = none(type);
+    if (cfg.bn != BnMode::Train) stats = Tensor();
     s = gate_forward(cfg.sgate, l);
   }
   Tensor y = at::empty(x.sizes(), x.options().memory_format(memory_format(g)));
   run(table, table.apply_gates, ApplyGatesArgs{g, ptr(x), ptr(a), ptr(s), mut(y)}, stream,
       "cbam_fused::kernel::apply_gates");
+  if (!channel) {  // distinct empties: outputs of an op must not alias each other
+    m = none(type);
+    pooled_hw = none(type);
+    tie_hw = none(at::kInt);
+  }
+  if (!spatial) {
+    l = none(type);
+    pooled_c = none(type);
+    tie_c = none(at::kInt);
+  }
+  if (!stats.defined()) stats = none(type);
   return {y, m, pooled_hw, tie_hw, l, pooled_c, tie_c, stats};
 }
 
@@ -490,8 +436,18 @@ BackwardResult attention_backward(const PassTable& table, void* stream, const Te
   const int64_t h = x.size(2), w = x.size(3);
   const ChannelWeights cw = channel_weights(cfg, w1, b1, w2, b2, type);
   const SpatialWeights sw = spatial_weights(cfg, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, type);
-  // the gates are recomputed from their logits (bitwise as in the forward) rather than saved
-  const Tensor a = channel ? gate_forward(cfg.cgate, m) : Tensor();
+  // the gates are recomputed rather than saved, bitwise as in the forward: split-style ties find the
+  // maxima over channels by comparing acc(x) * a with the saved max. Where the MLP kernel made a, the
+  // kernel makes it again (ATen's sigmoid may differ from its gate by an ulp).
+  Tensor a;
+  if (channel && has_mlp_kernel(table, cfg, cw.w1, g.n)) {
+    a = empty_small(x, {g.n, g.c}, type);
+    const Tensor m_again = empty_small(x, {g.n, g.c}, type);
+    run(table, table.channel_mlp, mlp_args(cw, cfg, pooled_hw, m_again, a), stream,
+        "cbam_fused::kernel::channel_mlp");
+  } else if (channel) {
+    a = gate_forward(cfg.cgate, m);
+  }
   const Tensor s = spatial ? gate_forward(cfg.sgate, l) : Tensor();
   Tensor ga = channel ? empty_small(x, {g.n, g.c}, type) : Tensor();
   Tensor gs = spatial ? empty_small(x, {g.n, g.p}, type) : Tensor();
@@ -558,10 +514,11 @@ BackwardResult attention_backward(const PassTable& table, void* stream, const Te
                        mut(gx)};
     run(table, table.input_grad, args, stream, "cbam_fused::kernel::input_grad");
   }
-  // gradients in their weight's dtype; empty where a weight is absent
+  // gradients in their weight's dtype and shape; empty where a weight is absent
   auto like = [&](const Tensor& grad, const OptTensor& weight) {
     if (!grad.defined() || !weight.has_value()) return at::empty({0}, x.options());
-    return grad.scalar_type() == weight->scalar_type() ? grad : grad.to(weight->scalar_type());
+    const Tensor g = grad.scalar_type() == weight->scalar_type() ? grad : grad.to(weight->scalar_type());
+    return g.dim() == weight->dim() ? g : g.view(weight->sizes());
   };
   return {gx,
           like(cg.w1, w1),

@@ -38,7 +38,4 @@ BackwardResult attention_backward(const PassTable& table, void* stream, const Te
                                           CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_PARAM),
                                   bool need_gx);
 
-// Allowed values of a string option, by option name (for error messages and for the Python layer).
-std::vector<std::string> config_choices(c10::string_view option);
-
 }  // namespace cbam_fused

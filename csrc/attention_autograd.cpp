@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "attention.h"
+#include "attention_checks.h"
 
 namespace cbam_fused {
 namespace {
@@ -123,6 +124,9 @@ BackwardResult AttentionFunction::call_backward(const Tensor& gy, const Tensor& 
 
 ForwardResult forward_autograd(const Tensor& x CBAM_FUSED_WEIGHTS(CBAM_FUSED_WEIGHT_PARAM)
                                    CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_PARAM)) {
+  // Checked here as well as in the device kernel: with a weight on another device the dispatcher
+  // would pick that device's kernel (a meta weight: the fake) below this one.
+  check_inputs(x CBAM_FUSED_WEIGHTS(CBAM_FUSED_WEIGHT_NAME) CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_NAME));
   variable_list out =
       AttentionFunction::apply(x CBAM_FUSED_WEIGHTS(CBAM_FUSED_WEIGHT_NAME) CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_NAME));
   ForwardResult result;

@@ -2,6 +2,7 @@
 // * The fused op pair attention_forward / attention_backward; its argument lists expand
 //   csrc/attention_interface.h. Device kernels: csrc/cpu/attention_cpu.cpp and the CUDA glue;
 //   autograd: csrc/attention_autograd.cpp; fakes: cbam_fused/attention_op.py.
+// * check_inputs, the forward's argument checks on their own (csrc/attention_checks.h).
 // * The full-size passes as ops of their own, for pass-level tests (cbam_fused/passes.py specifies
 //   what each computes).
 #include <torch/library.h>
@@ -30,6 +31,14 @@ std::string forward_schema() {
   return s + ")";
 }
 
+// The forward's arguments, checked and nothing else (csrc/attention_checks.h); for the Python backends.
+std::string check_schema() {
+  std::string s = "check_inputs(Tensor x";
+  CBAM_FUSED_WEIGHTS(CBAM_FUSED_SCHEMA_WEIGHT)
+  CBAM_FUSED_CONFIG(CBAM_FUSED_SCHEMA_CONFIG)
+  return s + ") -> ()";
+}
+
 std::string backward_schema() {
   std::string s = "attention_backward(Tensor gy, Tensor x";
   CBAM_FUSED_WEIGHTS(CBAM_FUSED_SCHEMA_WEIGHT)
@@ -45,6 +54,7 @@ std::string backward_schema() {
 TORCH_LIBRARY(cbam_fused, m) {
   m.def(forward_schema().c_str());
   m.def(backward_schema().c_str());
+  m.def(check_schema().c_str());
 
   m.def("pool_hw(Tensor x) -> (Tensor avg, Tensor max, Tensor argmax, Tensor count)");
   m.def("pool_c(Tensor x, Tensor? a) -> (Tensor mean, Tensor max, Tensor argmax, Tensor count)");

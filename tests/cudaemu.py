@@ -7,16 +7,19 @@ drives the emulated kernels exactly as it drives the compiled ones.
 The library is built with ``cucc`` from tests/cudaemu/emu_shim.cu, whose ``extern "C"`` entry points
 call through the CUDA PassTable that the ATen glue calls (csrc/cuda/pass_table.cuh), into
 build/cudaemu/ (cached by a hash of the sources and the compiler). ``pass_table_address()`` gives the
-table itself (a ``const cbam_fused::PassTable*``). The emulator is the project's own copy in
-third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
+table itself (a ``const cbam_fused::PassTable*``). ``training_step_launches()`` counts what a training
+step launches, CUDA kernels from the emulator's launch log included, in a child process. The emulator
+is the project's own copy in third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -26,7 +29,8 @@ from cbam_fused.passes import acc_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "csrc" / "pass_args.h", ROOT / "csrc" / "cuda" / "passes.cuh",
-           ROOT / "csrc" / "cuda" / "spatial_conv.cuh", ROOT / "csrc" / "cuda" / "pass_table.cuh",
+           ROOT / "csrc" / "cuda" / "spatial_conv.cuh", ROOT / "csrc" / "cuda" / "channel_mlp.cuh",
+           ROOT / "csrc" / "cuda" / "pass_table.cuh",
            ROOT / "tests" / "cudaemu" / "emu_shim.cu"]
 BUILD_DIR = ROOT / "build" / "cudaemu"
 # csrc/pass_args.h: DType, Layout and Pass numbering
@@ -138,6 +142,8 @@ def _declare(lib):
         "input_grad": (I, [*G, *[V] * 12, I, V]),
         "spatial_conv": (I, [*conv, V, V, V, V, V]),
         "spatial_conv_grad": (I, [*conv, *[V] * 9]),
+        "channel_mlp": (I, [L, L, L, I, I, I, *[V] * 7]),
+        "channel_mlp_grad": (I, [L, L, L, I, I, I, *[V] * 9, L, *[V] * 6]),
         "error_string": (ctypes.c_char_p, [I]),
     }
     for name, (res, args) in sig.items():
@@ -320,8 +326,108 @@ class EmuPasses:
         return g0, g1, gw, gb
 
 
+# csrc/pass_args.h: ChannelPools and GateKind numbering
+MLP_POOLS = {"avg+max": 0, "avg": 1, "max": 2, "light": 3}
+MLP_GATES = {"sigmoid": 0, "hard_sigmoid": 1, "keras_hard_sigmoid": 2}
+
+
+def _mlp_operands(pooled, w1, b1, w2, b2, pools, gate):
+    """The leading arguments of both MLP entry points, checked like the orchestration does."""
+    _, n, c = pooled.shape
+    r = w1.shape[0]
+    dt = pooled.dtype
+    if dt not in (torch.float32, torch.float64) or tuple(w1.shape) != (r, c) or tuple(w2.shape) != (c, r):
+        raise ValueError("pooled [2, N, C] float32/float64, w1 [R, C] and w2 [C, R] expected")
+    for t in (pooled, w1, b1, w2, b2):
+        if t is not None and (t.dtype != dt or not t.is_contiguous()):
+            raise ValueError("the MLP operands must be contiguous and of one dtype")
+    return (n, c, r, dt == torch.float64, MLP_POOLS[pools], MLP_GATES[gate], pooled.data_ptr(),
+            w1.data_ptr(), _ptr(b1), w2.data_ptr(), _ptr(b2))
+
+
+def _mlp_check(lib, rc, what):
+    if rc != 0:
+        raise RuntimeError(f"emulated CUDA launch of {what} failed with cudaError_t {rc} "
+                           f"({lib.cbam_emu_error_string(rc).decode()})")
+
+
+def channel_mlp(pooled, w1, b1, w2, b2, pools="avg+max", gate="sigmoid"):
+    """(m, a) [N, C] from the CUDA table's channel_mlp, on CPU tensors."""
+    lib = _load()
+    head = _mlp_operands(pooled, w1, b1, w2, b2, pools, gate)
+    m, a = pooled.new_empty(pooled.shape[1:]), pooled.new_empty(pooled.shape[1:])
+    _mlp_check(lib, lib.cbam_emu_channel_mlp(*head, m.data_ptr(), a.data_ptr()), "channel_mlp")
+    return m, a
+
+
+def channel_mlp_grad(pooled, w1, b1, w2, b2, m, a, ga, count, pixels, pools="avg+max", gate="sigmoid"):
+    """(u, v, gw1, gb1, gw2, gb2) from the CUDA table's channel_mlp_grad; count (int32) for split ties."""
+    lib = _load()
+    head = _mlp_operands(pooled, w1, b1, w2, b2, pools, gate)
+    m, a, ga = (t.contiguous() for t in (m, a, ga))
+    count = None if count is None else count.to(torch.int32).contiguous()
+    u, v = torch.empty_like(m), torch.empty_like(m)
+    gw1, gw2 = torch.empty_like(w1), torch.empty_like(w2)
+    gb1 = None if b1 is None else torch.empty_like(b1)
+    gb2 = None if b2 is None else torch.empty_like(b2)
+    rc = lib.cbam_emu_channel_mlp_grad(*head, m.data_ptr(), a.data_ptr(), ga.data_ptr(), _ptr(count), pixels,
+                                       u.data_ptr(), v.data_ptr(), gw1.data_ptr(), _ptr(gb1), gw2.data_ptr(),
+                                       _ptr(gb2))
+    _mlp_check(lib, rc, "channel_mlp_grad")
+    return u, v, gw1, gb1, gw2, gb2
+
+
 def register() -> None:
     """Run backend "cudaemu" through the C++ orchestration that ships, over the emulated CUDA table;
     orchestrations written in Python (the parallel arrangement) get the same kernels as a pass set."""
     backends.register_passes("cudaemu", EmuPasses())
     backends.register_pass_table("cudaemu", pass_table_address())
+
+
+# The kernels each entry of the CUDA table launches (for the default CBAM), by their names in the
+# emulator's launch log; csrc/attention.cpp names the entries after the keys.
+PASS_KERNELS = {
+    "pool_hw": ("pool_hw_tiles", "pool_hw_finish"),
+    "pool_c": ("pool_c_tiles", "pool_c_finish"),
+    "apply_gates": ("apply_gates_tiles",),
+    "gate_grads": ("gate_grads_tiles", "gate_grads_finish"),
+    "pool_c_grad_a": ("pool_c_grad_a_tiles", "pool_c_grad_a_finish"),
+    "input_grad": ("input_grad_tiles",),
+    "spatial_conv": ("spatial_conv_fwd",),
+    "spatial_conv_grad": ("spatial_conv_grad_in", "spatial_conv_grad_w_tiles", "spatial_conv_grad_w_finish"),
+    "channel_mlp": ("channel_mlp_fwd",),
+    "channel_mlp_grad": ("channel_mlp_bwd",),
+}
+
+
+def training_step_launches(cbam: dict, shape: tuple[int, ...], seed: int = 0) -> tuple[list[str], list[str]]:
+    """bench.launches.training_step_launches of ``cbam_fused.CBAM(**cbam)`` on backend "cudaemu" (after
+    a warm-up step): the ATen ops from the profiler and the emulated CUDA kernels from the launch log.
+    The emulator opens $CUDACPU_LAUNCH_LOG at its first launch, so this runs in a child process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, CUDACPU_LAUNCH_LOG=str(Path(tmp) / "launches.log"))
+        spec = json.dumps(dict(cbam=cbam, shape=list(shape), seed=seed))
+        proc = subprocess.run([sys.executable, "-m", "tests.cudaemu", "launches", spec], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the launch count failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-4000:]}")
+    fwd, bwd = json.loads(proc.stdout.strip().splitlines()[-1])
+    return fwd, bwd
+
+
+def _launches_child(spec: dict) -> None:
+    import cbam_fused as cf
+    from bench.launches import training_step_launches as count
+
+    register()
+    torch.manual_seed(spec["seed"])
+    m = cf.CBAM(**spec["cbam"], backend="cudaemu")
+    x = torch.randn(*spec["shape"], requires_grad=True)
+    gy = torch.randn(*spec["shape"])
+    m(x).backward(gy)  # warm-up
+    print(json.dumps(count(m, x, gy, launch_log=os.environ["CUDACPU_LAUNCH_LOG"])))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["launches"]:
+    _launches_child(json.loads(sys.argv[2]))

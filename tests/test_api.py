@@ -8,7 +8,7 @@ import cbam_fused as cf
 from cbam_fused import attention_op, ops
 from cbam_fused import reference as R
 
-from .conftest import device_of
+from .conftest import device_of, require_backend
 from .test_correctness import make_inputs
 
 
@@ -121,3 +121,43 @@ def test_torch_backend_matches_reference():
     y = cf.cbam(inp["x"], inp["w1"], inp["w2"], inp["k"], inp["b1"], inp["b2"], inp["kb"], backend="torch")
     y_ref = R.cbam(inp["x"], inp["w1"], inp["w2"], inp["k"], inp["b1"], inp["b2"], inp["kb"])
     torch.testing.assert_close(y, y_ref)
+
+
+def test_run_takes_the_forward_ops_arguments():
+    """ops.run passes its arguments to the op positionally: its parameter list is the schema's."""
+    import inspect
+
+    from cbam_fused.attention_op import FORWARD_ARGS
+
+    assert tuple(inspect.signature(cf.ops.run).parameters) == FORWARD_ARGS
+
+
+@pytest.mark.parametrize("backend", ["cpu", "spec", "torch"])
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+def test_conv_1x1_weights_are_the_matrices(backend, kind):
+    """The channel map's weights as a 1x1 conv holds them ([rows, cols, 1, 1]) give the results of the
+    [rows, cols] matrices, and gradients in the 1x1 shape."""
+    if backend != "torch":
+        require_backend(backend)
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    rows = 2 if kind == "mlp" else 8
+    mats = dict(w1=torch.randn(rows, 8, dtype=torch.float64), b1=torch.randn(rows, dtype=torch.float64))
+    if kind == "mlp":
+        mats.update(w2=torch.randn(8, rows, dtype=torch.float64), b2=torch.randn(8, dtype=torch.float64))
+    results = []
+    for as_conv in (False, True):
+        ws = {k: (v[:, :, None, None] if as_conv and v.dim() == 2 else v).clone().requires_grad_()
+              for k, v in mats.items()}
+        xs = x.clone().requires_grad_()
+        y, _ = cf.attention(xs, **ws, channel_kind=kind, conv_weight=torch.randn(1, 2, 3, 3, dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(1)), backend=backend)
+        y.backward(torch.ones_like(y))
+        for k, w in ws.items():
+            assert w.grad.shape == w.shape, k
+        results.append((y.detach(), xs.grad, {k: w.grad.reshape(mats[k].shape) for k, w in ws.items()}))
+    (y0, gx0, g0), (y1, gx1, g1) = results
+    torch.testing.assert_close(y1, y0, rtol=0, atol=0)
+    torch.testing.assert_close(gx1, gx0, rtol=0, atol=0)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=0, atol=0)

@@ -187,6 +187,23 @@ def case_weight_device_differs(backend):
     _expect(ValueError, ["w2", "meta"], lambda: _fused(_x((2, 8, 5, 6), device=dev), wt, backend))
 
 
+def case_weight_device_differs_in_inference_mode(backend):
+    """Inference tensors skip the autograd kernel: the device kernel's own check must catch it."""
+    dev = _device(backend)
+    wt = _weights(8, device=dev)
+    wt["conv_weight"] = wt["conv_weight"].to("meta")
+    with torch.inference_mode():
+        _expect(ValueError, ["conv_weight", "meta"], lambda: _fused(_x((2, 8, 5, 6), device=dev), wt, backend))
+
+
+def case_weight_shape_checked_in_inference_mode(backend):
+    dev = _device(backend)
+    wt = _weights(8, device=dev)
+    wt["b1"] = wt["b1"][:1]
+    with torch.inference_mode():
+        _expect(ValueError, ["b1"], lambda: _fused(_x((2, 8, 5, 6), device=dev), wt, backend))
+
+
 def case_empty_batch_follows_reference(backend):
     dev = _device(backend)
     x, wt = _x((0, 8, 5, 6), device=dev), _weights(8, device=dev)

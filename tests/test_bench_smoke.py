@@ -14,10 +14,12 @@ import torch
 
 import cbam_fused
 from bench import shapes as shape_sets
-from bench.__main__ import main
+from bench.__main__ import build_parser, main, resolve_formulations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [(2, 32, 8, 8), (2, 48, 5, 9)]
+# bench/README.md: the formulations compiled for the torch.compile baseline, by default all of them
+FORMULATIONS = ["conv1x1", "matmul", "matmul_amax"]
 
 
 def _fused_cpu_backends():
@@ -50,7 +52,9 @@ def test_json_describes_the_machine(sweep):
 def test_json_has_every_row(sweep):
     _, result, _, _ = sweep
     fused = [f"fused:{b}" for b in _fused_cpu_backends() + ["spec"]]
-    impls = ["eager", "compile", *fused]
+    compiled = [f"compile:{f}" for f in FORMULATIONS]
+    impls = ["eager", *compiled, *fused]
+    assert result["config"]["compile_formulations"] == FORMULATIONS
     rows = {(tuple(r["shape"]), r["mode"], r["impl"]): r for r in result["results"]}
     expected = {(s, m, i) for s in TINY for m in ("forward", "forward+backward") for i in impls}
     assert set(rows) == expected
@@ -68,9 +72,19 @@ def test_json_has_every_row(sweep):
             assert set(r["targets"]) >= ({"vs_compile"} if mode == "forward" else {"vs_compile", "vs_eager", "saved"})
         if mode == "forward+backward":
             assert r["saved_bytes"] >= x_bytes  # every implementation keeps x for backward
-        if impl == "compile":  # the timed calls ran one compiled graph, not an eager fallback
+        if impl.startswith("compile:"):  # the timed calls ran one compiled graph, not an eager fallback
             assert (r["compile_graphs"], r["compile_graph_breaks"], r["compile_recompiles"]) == (1, 0, 0)
+            assert r["formulation"] == impl.removeprefix("compile:")
+            assert r["max_abs_diff_vs_eager"] < 1e-4
+        # "compile" is the fastest compiled formulation of the same shape and mode
+        best = min(compiled, key=lambda i: rows[shape, mode, i]["time_s"])
+        assert r["compile_winner"] == best.removeprefix("compile:")
+        assert r["speedup_vs_compile"] == pytest.approx(rows[shape, mode, best]["time_s"] / r["time_s"])
     assert len(result["baselines"]) == len(TINY)
+    summary = {(tuple(s["shape"]), s["mode"]): s for s in result["compile_summary"]}
+    assert set(summary) == {(s, m) for s in TINY for m in ("forward", "forward+backward")}
+    for (shape, mode), s in summary.items():
+        assert s["winner"] == rows[shape, mode, "eager"]["compile_winner"] and set(s["time_s"]) == set(FORMULATIONS)
     for b in result["baselines"]:
         assert {"clone_s", "read_s", "read_write_s", "roof_forward_s", "roof_forward+backward_s"} <= set(b)
 
@@ -83,6 +97,7 @@ def test_plots_and_table_are_written(sweep):
     assert "forward+backward" in stdout and "fused:spec" in stdout
     markdown = (out / "results.md").read_text()
     assert "| 2x48x5x9 | fused:spec |" in markdown
+    assert markdown.count("(fastest) |") == 2 * len(TINY)  # one compiled formulation per shape and mode
 
 
 # a Python warning ("...Warning: ..."), logging's "WARNING:", torch's glog-style "W1201 01:23:16" lines
@@ -123,10 +138,17 @@ def test_cuda_home_probe_is_quiet(tmp_path):
     (["--modes", "backward"], "unknown mode"),
     (["--shapes", "bogus"], "unknown shape set"),
     (["--shapes", "8x256x56"], "NxCxHxW"),
+    (["--compile-formulations", "matmul,bogus"], "unknown compile formulation 'bogus'"),
+    (["--compile-formulations", ","], "empty"),
 ])
 def test_bad_options_fail_clearly(argv, message):
     with pytest.raises(SystemExit, match=message):
         main(["--device", "cpu", *argv])
+
+
+def test_compile_formulations_option():
+    assert resolve_formulations(build_parser().parse_args([]).compile_formulations) == FORMULATIONS
+    assert resolve_formulations("matmul, conv1x1,matmul") == ["matmul", "conv1x1"]
 
 
 def test_shape_sets():

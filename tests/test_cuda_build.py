@@ -1,8 +1,8 @@
 """ptxas resource usage of the CUDA kernels: no register spills and no local-memory stack frame.
 
 nvcc compiles the kernel translation unit (tests/cudaemu/emu_shim.cu: the CUDA PassTable of
-csrc/cuda/pass_table.cuh, so every launcher of passes.cuh and spatial_conv.cuh instantiated for every
-dtype and layout, with no ATen) for sm_80, sm_90 and sm_120 with
+csrc/cuda/pass_table.cuh, so every launcher of passes.cuh, spatial_conv.cuh and channel_mlp.cuh
+instantiated for every dtype and layout, with no ATen) for sm_80, sm_90 and sm_120 with
 ``-Xptxas -v``; the same flags as the extension build. Skips without nvcc; under CI=true a missing
 nvcc is a failure.
 """
@@ -21,8 +21,8 @@ ARCHS = ("sm_80", "sm_90", "sm_120")  # ptxas register targets differ; sm_80 and
 # the extension build's nvcc defines (torch.utils.cpp_extension) so the code is the one that ships
 TORCH_NVCC_DEFINES = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                       "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
-# every kernel is named after its pass: <pass>_tiles, <pass>_finish, spatial_conv_*
-MAIN_KERNELS = ("_tiles", "_finish", "spatial_conv_")
+# every kernel is named after its pass: <pass>_tiles, <pass>_finish, spatial_conv_*, channel_mlp_*
+MAIN_KERNELS = ("_tiles", "_finish", "spatial_conv_", "channel_mlp_")
 PASS_TILE_KERNELS = ("pool_hw_tiles", "pool_c_tiles", "gate_grads_tiles", "pool_c_grad_a_tiles", "apply_gates_tiles",
                      "input_grad_tiles")
 TILE_INSTANCES = 4 * 2  # dtypes x layouts
@@ -93,6 +93,8 @@ def test_no_spills_no_stack(tmp_path):
         found = [k for k in main if kernel in k[0]]
         assert len(found) == TILE_INSTANCES * len(ARCHS), f"expected every {kernel}, ptxas listed {sorted(usage)}"
     assert any("spatial_conv_grad_w_tiles" in k[0] for k in main), "the spatial conv kernels were not compiled"
+    for kernel in ("channel_mlp_fwd", "channel_mlp_bwd"):  # float and double
+        assert len([k for k in main if kernel in k[0]]) == 2 * len(ARCHS), f"{kernel} was not compiled"
     bad = {k: v for k, v in main.items()
            if v.get("stack", 1) or v.get("spill_stores", 1) or v.get("spill_loads", 1)}
     assert not bad, "kernels with spills or a stack frame:\n" + "\n".join(f"{k}: {v}" for k, v in sorted(bad.items()))

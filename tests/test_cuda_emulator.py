@@ -1,7 +1,7 @@
 """Checks of the CUDA kernels on the CPU emulator that only the emulator has: the Python wrapper's
-argument checks and the launchers under AddressSanitizer. The passes' comparison with the spec is the
-``cudaemu`` pass set of tests/test_passes.py. Run each thread order as its own process:
-``CUDACPU_ORDER=fwd|rev|rand pytest -m emulator``.
+argument checks, the launchers under AddressSanitizer and the channel MLP kernels against autograd.
+The passes' comparison with the spec is the ``cudaemu`` pass set of tests/test_passes.py. Run each
+thread order as its own process: ``CUDACPU_ORDER=fwd|rev|rand pytest -m emulator``.
 """
 import os
 import subprocess
@@ -20,6 +20,16 @@ def emu():
     from tests import cudaemu
 
     return cudaemu
+
+
+def tol(dtype):
+    return (1e-12, 1e-10) if dtype == torch.float64 else (1e-5, 1e-5)
+
+
+def close(actual, expected, dtype, what):
+    atol, rtol = tol(dtype)
+    scale = max(1.0, expected.abs().max().item() if expected.numel() else 0.0)
+    torch.testing.assert_close(actual, expected, atol=atol * scale, rtol=rtol, equal_nan=True, msg=lambda m: f"{what}: {m}")
 
 
 def test_bad_input_is_rejected(emu):
@@ -45,3 +55,71 @@ def test_asan_driver(emu, tmp_path):
     proc = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"ASan driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     assert "asan_driver: all checks passed" in proc.stdout
+
+
+# (n, c, hidden): C past the block's 256 threads, N and hidden past the kernels' chunk of 64, a 1x1x1
+# MLP, no samples
+MLP_SHAPES = {"small": (2, 16, 4), "c300": (3, 300, 5), "n70": (70, 8, 3), "h130": (2, 5, 130), "one": (1, 1, 1),
+              "n0": (0, 6, 2)}
+# (ATen's hardsigmoid backward scales fp64 by a float 1/6: clamp / 6 is the exact definition)
+MLP_GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": lambda z: torch.clamp(z + 3.0, 0.0, 6.0) / 6.0,
+             "keras_hard_sigmoid": lambda z: torch.clamp(z * 0.2 + 0.5, 0.0, 1.0)}
+
+
+def mlp_reference(pooled, w1, b1, w2, b2, pools, gate):
+    """m and a by plain autograd-able torch ops (the definition in csrc/pass_args.h)."""
+    avg, mx = pooled[0], pooled[1]
+    inputs = {"avg+max": [avg, mx], "avg": [avg], "max": [mx], "light": [(avg + mx) / 2]}[pools]
+    m = sum(torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(v, w1, b1)), w2, b2) for v in inputs)
+    return m, MLP_GATES[gate](m)
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("gate", list(MLP_GATES))
+@pytest.mark.parametrize("pools", ["avg+max", "avg", "max", "light"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape_name", list(MLP_SHAPES))
+def test_channel_mlp_matches_torch(emu, shape_name, dtype, pools, gate, bias):
+    """The CUDA MLP kernels vs autograd: m, a, and from ga the pools' gradient operands u = g_avg / P and
+    v = g_max (/ count with split ties) and the weight gradients; bitwise the same on a second run."""
+    n, c, r = MLP_SHAPES[shape_name]
+    pixels = 7
+    g = torch.Generator().manual_seed(n * 1000 + c * 10 + r)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
+    pooled, w1, w2 = rnd(2, n, c), rnd(r, c) * c ** -0.5 * 3, rnd(c, r) * r ** -0.5 * 3
+    b1, b2 = (rnd(r), rnd(c)) if bias else (None, None)
+    ga = rnd(n, c)
+    count = torch.randint(1, 4, (n, c), generator=g, dtype=torch.int32)
+    m, a = emu.channel_mlp(pooled, w1, b1, w2, b2, pools, gate)
+    leaves = [t.detach().clone().requires_grad_() for t in (pooled, w1, w2)]
+    bleaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (b1, b2)]
+    m_ref, a_ref = mlp_reference(leaves[0], leaves[1], bleaves[0], leaves[2], bleaves[1], pools, gate)
+    close(m, m_ref.detach(), dtype, "m")
+    close(a, a_ref.detach(), dtype, "a")
+    wanted = [t for t in leaves + bleaves if t is not None]
+    grads = torch.autograd.grad(a_ref, wanted, ga, allow_unused=True, materialize_grads=True) if n else \
+        [torch.zeros_like(t) for t in wanted]
+    g_pooled, gw1_ref, gw2_ref = grads[:3]
+    for cnt in (None, count):
+        u, v, gw1, gb1, gw2, gb2 = emu.channel_mlp_grad(pooled, w1, b1, w2, b2, m, a, ga, cnt, pixels, pools, gate)
+        close(u, g_pooled[0] / pixels, dtype, "u")
+        close(v, g_pooled[1] / (1 if cnt is None else cnt), dtype, f"v count={cnt is not None}")
+        close(gw1, gw1_ref, dtype, "gw1")
+        close(gw2, gw2_ref, dtype, "gw2")
+        if bias:
+            close(gb1, grads[3], dtype, "gb1")
+            close(gb2, grads[4], dtype, "gb2")
+        again = emu.channel_mlp_grad(pooled, w1, b1, w2, b2, m, a, ga, cnt, pixels, pools, gate)
+        for first, second in zip((u, v, gw1, gb1, gw2, gb2), again):
+            assert first is None or torch.equal(first, second), "not bitwise the same on a second run"
+    assert all(torch.equal(t, t2) for t, t2 in zip((m, a), emu.channel_mlp(pooled, w1, b1, w2, b2, pools, gate)))
+
+
+def test_channel_mlp_rejects_bad_arguments(emu):
+    lib = emu._load()
+    # no pooled vector for N * C > 0, and a pools value out of range
+    assert lib.cbam_emu_channel_mlp(2, 3, 1, 0, 0, 0, None, None, None, None, None, None, None) != 0
+    x = torch.zeros(2, 2, 3)
+    w1, w2, m = torch.zeros(1, 3), torch.zeros(3, 1), torch.zeros(2, 3)
+    assert lib.cbam_emu_channel_mlp(2, 3, 1, 0, 9, 0, x.data_ptr(), w1.data_ptr(), None, w2.data_ptr(), None,
+                                    m.data_ptr(), m.data_ptr()) != 0

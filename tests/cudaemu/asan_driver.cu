@@ -1,7 +1,7 @@
 // AddressSanitizer driver: runs every entry of the CUDA PassTable (csrc/cuda/pass_table.cuh: the
-// launchers of passes.cuh and spatial_conv.cuh) on a few odd and misaligned shapes, with exact-size
-// cudaMalloc buffers (an overrun is a heap-buffer-overflow), and checks the results against plain host
-// loops written here. Built by tests/test_cuda_emulator.py with `cucc -fsanitize=address -g -O1`;
+// launchers of passes.cuh, spatial_conv.cuh and channel_mlp.cuh) on a few odd and misaligned shapes,
+// with exact-size cudaMalloc buffers (an overrun is a heap-buffer-overflow), and checks the results
+// against plain host loops written here. Built by tests/test_cuda_emulator.py with `cucc -fsanitize=address -g -O1`;
 // prints "asan_driver: all checks passed" and exits 0 on success.
 #include <cstdint>
 
@@ -10,6 +10,7 @@ static long long tile_rows = 0;  // rows per reduction tile (0 = default), see p
 
 #include "cuda/pass_table.cuh"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -251,6 +252,119 @@ template <typename A> static void check_conv(index_t n, index_t h, index_t w, in
   expect(double(gb.p[0]) == want_gb, "spatial_conv grad_bias (subset)", shape, 0, gb.p[0], want_gb);
 }
 
+// The channel MLP and its gradients, float and double, every pool choice and gate, against host loops
+// in double: exact-size buffers for every operand, so a read or write past an end is reported.
+template <typename A> static void check_mlp(index_t n, index_t c, index_t r, int pools, int gate, bool bias,
+                                            bool split, int skew) {
+  char shape[112];
+  std::snprintf(shape, sizeof shape, "mlp %s n%lld c%lld r%lld pools%d gate%d bias%d split%d skew%d",
+                sizeof(A) == 4 ? "f32" : "f64", (long long)n, (long long)c, (long long)r, pools, gate, int(bias),
+                int(split), skew);
+  const index_t nc = n * c, pixels = 5;
+  const int k = pools == 0 ? 2 : 1;
+  std::mt19937 rng(unsigned(nc * 31 + r * 7 + pools * 3 + gate));
+  std::uniform_int_distribution<int> q(-8, 8);
+  Buf<A> pooled(2 * nc, skew), w1(r * c, skew), b1(r, skew), w2(c * r, skew), b2(c, skew), m(nc, skew), a(nc, skew),
+      ga(nc, skew), u(nc, skew), v(nc, skew), gw1(r * c, skew), gb1(r, skew), gw2(c * r, skew), gb2(c, skew);
+  Buf<int> count(nc, skew);
+  for (index_t i = 0; i < 2 * nc; ++i) pooled.p[i] = A(q(rng)) / 4;
+  for (index_t i = 0; i < r * c; ++i) { w1.p[i] = A(q(rng)) / 8; w2.p[i] = A(q(rng)) / 8; }
+  for (index_t i = 0; i < r; ++i) b1.p[i] = A(q(rng)) / 4;
+  for (index_t i = 0; i < c; ++i) b2.p[i] = A(q(rng)) / 4;
+  for (index_t i = 0; i < nc; ++i) { ga.p[i] = A(q(rng)) / 4; count.p[i] = 1 + int(i % 3); }
+  // host: the MLP inputs, hidden units, logits, gates
+  auto in = [&](int p, index_t ni, index_t ci) {
+    const index_t i = ni * c + ci;
+    switch (pools) {
+      case 0: return double(pooled.p[p * nc + i]);
+      case 1: return double(pooled.p[i]);
+      case 2: return double(pooled.p[nc + i]);
+      default: return (double(pooled.p[i]) + double(pooled.p[nc + i])) / 2;
+    }
+  };
+  std::vector<double> h(k * n * r), hm(nc), ha(nc);
+  for (int p = 0; p < k; ++p)
+    for (index_t ni = 0; ni < n; ++ni)
+      for (index_t j = 0; j < r; ++j) {
+        double s = bias ? double(b1.p[j]) : 0.0;
+        for (index_t ci = 0; ci < c; ++ci) s += double(w1.p[j * c + ci]) * in(p, ni, ci);
+        h[(p * n + ni) * r + j] = s;
+      }
+  auto g_of = [&](double z) {
+    if (gate == 0) return 1 / (1 + std::exp(-z));
+    if (gate == 1) return std::min(std::max(z + 3, 0.0), 6.0) / 6;
+    return std::min(std::max(z * 0.2 + 0.5, 0.0), 1.0);
+  };
+  for (index_t ni = 0; ni < n; ++ni)
+    for (index_t ci = 0; ci < c; ++ci) {
+      double s = bias ? k * double(b2.p[ci]) : 0.0;
+      for (index_t j = 0; j < r; ++j)
+        for (int p = 0; p < k; ++p) s += double(w2.p[ci * r + j]) * std::max(h[(p * n + ni) * r + j], 0.0);
+      hm[ni * c + ci] = s;
+      ha[ni * c + ci] = g_of(s);
+    }
+  const cf::ChannelMlpArgs fwd{n, c, r, sizeof(A) == 8, static_cast<cf::ChannelPools>(pools),
+                               static_cast<cf::GateKind>(gate), pooled.p, w1.p, bias ? b1.p : nullptr, w2.p,
+                               bias ? b2.p : nullptr, m.p, a.p};
+  if (table().channel_mlp(fwd, nullptr) != 0) expect(false, "channel_mlp launch", shape, 0, 0, 0);
+  const double tol = sizeof(A) == 4 ? 1e-4 : 1e-10;
+  auto near_a = [&](const char* what, const A* got, const std::vector<double>& want) {
+    for (std::size_t i = 0; i < want.size(); ++i)
+      expect(std::fabs(double(got[i]) - want[i]) <= tol * (1 + std::fabs(want[i])), what, shape, index_t(i),
+             double(got[i]), want[i]);
+  };
+  near_a("channel_mlp m", m.p, hm);
+  near_a("channel_mlp a", a.p, ha);
+  // host backward from the kernel's m and a (the gate's derivative is taken at the kernel's logits)
+  std::vector<double> gm(nc), gr(n * r), gh(k * n * r), want_gw1(r * c), want_gb1(r), want_gw2(c * r), want_gb2(c),
+      gv(k * nc), want_u(nc), want_v(nc);
+  for (index_t i = 0; i < nc; ++i) {
+    const double z = double(m.p[i]), val = double(a.p[i]), g = double(ga.p[i]);
+    gm[i] = gate == 0 ? g * (1 - val) * val
+            : gate == 1 ? (z > -3 && z < 3 ? g / 6 : 0.0)
+                        : (z > -2.5 && z < 2.5 ? g * 0.2 : 0.0);
+  }
+  for (index_t ni = 0; ni < n; ++ni)
+    for (index_t j = 0; j < r; ++j) {
+      for (index_t ci = 0; ci < c; ++ci) {
+        double hs = 0;
+        for (int p = 0; p < k; ++p) hs += std::max(h[(p * n + ni) * r + j], 0.0);
+        want_gw2[ci * r + j] += gm[ni * c + ci] * hs;
+        gr[ni * r + j] += gm[ni * c + ci] * double(w2.p[ci * r + j]);
+      }
+      for (int p = 0; p < k; ++p) gh[(p * n + ni) * r + j] = h[(p * n + ni) * r + j] > 0 ? gr[ni * r + j] : 0.0;
+    }
+  for (index_t ci = 0; ci < c; ++ci)
+    for (index_t ni = 0; ni < n; ++ni) want_gb2[ci] += k * gm[ni * c + ci];
+  for (int p = 0; p < k; ++p)
+    for (index_t ni = 0; ni < n; ++ni)
+      for (index_t j = 0; j < r; ++j) {
+        const double g = gh[(p * n + ni) * r + j];
+        want_gb1[j] += g;
+        for (index_t ci = 0; ci < c; ++ci) {
+          want_gw1[j * c + ci] += g * in(p, ni, ci);
+          gv[p * nc + ni * c + ci] += g * double(w1.p[j * c + ci]);
+        }
+      }
+  for (index_t i = 0; i < nc; ++i) {
+    const double g_avg = pools == 0 || pools == 1 ? gv[i] : pools == 3 ? gv[i] / 2 : 0.0;
+    const double g_max = pools == 0 ? gv[nc + i] : pools == 2 ? gv[i] : pools == 3 ? gv[i] / 2 : 0.0;
+    want_u[i] = g_avg / double(pixels);
+    want_v[i] = split ? g_max / count.p[i] : g_max;
+  }
+  const cf::ChannelMlpGradArgs bwd{fwd,  ga.p,  split ? count.p : nullptr, pixels, u.p, v.p, gw1.p,
+                                   bias ? gb1.p : nullptr, gw2.p, bias ? gb2.p : nullptr};
+  if (table().channel_mlp_grad(bwd, nullptr) != 0) expect(false, "channel_mlp_grad launch", shape, 0, 0, 0);
+  near_a("channel_mlp_grad u", u.p, want_u);
+  near_a("channel_mlp_grad v", v.p, want_v);
+  near_a("channel_mlp_grad gw1", gw1.p, want_gw1);
+  near_a("channel_mlp_grad gw2", gw2.p, want_gw2);
+  if (bias) {
+    near_a("channel_mlp_grad gb1", gb1.p, want_gb1);
+    near_a("channel_mlp_grad gb2", gb2.p, want_gb2);
+  }
+}
+
 int main() {
   // H or W below K, a single pixel, two weight-gradient chunks (2800 pixels)
   struct { index_t n, h, w; int k; } convs[] = {{2, 5, 7, 3}, {1, 3, 2, 7}, {1, 1, 1, 1}, {3, 13, 11, 7},
@@ -266,6 +380,15 @@ int main() {
       for (int skew = 0; skew < 2; ++skew) {
         check_shape<float>(sh.n, sh.c, sh.p, cl, skew, skew ? 8 : 0);
         check_shape<c10::Half>(sh.n, sh.c, sh.p, cl, skew, skew ? 16 : 0);
+      }
+  // C past the block's threads, N and hidden past the kernels' chunk of 64, N = 0
+  struct { index_t n, c, r; } mlps[] = {{2, 16, 4}, {3, 300, 2}, {70, 5, 3}, {2, 7, 130}, {1, 1, 1}, {0, 6, 2}};
+  for (auto ml : mlps)
+    for (int pools = 0; pools < 4; ++pools)
+      for (int gate = 0; gate < 3; ++gate) {
+        const int variant = pools + gate;  // bias, split and skew vary along with the rest
+        check_mlp<float>(ml.n, ml.c, ml.r, pools, gate, variant % 2 == 0, variant % 3 == 0, variant % 2);
+        check_mlp<double>(ml.n, ml.c, ml.r, pools, gate, variant % 2 == 1, variant % 3 == 1, 1 - variant % 2);
       }
   if (failures) {
     std::printf("asan_driver: %d mismatches\n", failures);

@@ -98,6 +98,30 @@ int cbam_emu_spatial_conv_grad(index_t n, index_t h, index_t w, index_t k, int f
       {n, h, w, k, f64 != 0, in0, in1, weight, grad_out, grad_in0, grad_in1, grad_weight, grad_bias, ws}, nullptr));
 }
 
+// pools, gate: the ChannelPools and GateKind numbering of csrc/pass_args.h
+static cf::ChannelMlpArgs mlp_args(index_t n, index_t c, index_t hidden, int f64, int pools, int gate,
+                                   const void* pooled, const void* w1, const void* b1, const void* w2, const void* b2,
+                                   void* m, void* a) {
+  return {n, c, hidden, f64 != 0, static_cast<cf::ChannelPools>(pools), static_cast<cf::GateKind>(gate),
+          pooled, w1, b1, w2, b2, m, a};
+}
+
+int cbam_emu_channel_mlp(index_t n, index_t c, index_t hidden, int f64, int pools, int gate, const void* pooled,
+                         const void* w1, const void* b1, const void* w2, const void* b2, void* m, void* a) {
+  return done(table().channel_mlp(mlp_args(n, c, hidden, f64, pools, gate, pooled, w1, b1, w2, b2, m, a), nullptr));
+}
+
+// m and a are the forward's outputs, inputs here
+int cbam_emu_channel_mlp_grad(index_t n, index_t c, index_t hidden, int f64, int pools, int gate, const void* pooled,
+                              const void* w1, const void* b1, const void* w2, const void* b2, const void* m,
+                              const void* a, const void* ga, const int32_t* count, index_t pixels, void* u, void* v,
+                              void* gw1, void* gb1, void* gw2, void* gb2) {
+  cf::ChannelMlpGradArgs args{mlp_args(n, c, hidden, f64, pools, gate, pooled, w1, b1, w2, b2, const_cast<void*>(m),
+                                       const_cast<void*>(a)),
+                              ga, count, pixels, u, v, gw1, gb1, gw2, gb2};
+  return done(table().channel_mlp_grad(args, nullptr));
+}
+
 const char* cbam_emu_error_string(int code) { return table().error_string(code); }
 
 }  // extern "C"
