@@ -409,8 +409,3 @@ def check_pass(passes, name: str, inp: Inputs, every_pattern=True) -> None:
     """Pass ``name`` of ``passes`` against the spec, with both tie styles and the patterns of optional
     operands that the orchestrations use (``every_pattern``: every pattern the contract allows)."""
     CHECKS[name](passes, inp, every_pattern)
-
-
-def check_all_passes(passes, inp: Inputs, every_pattern=True) -> None:
-    for name in PASSES:
-        check_pass(passes, name, inp, every_pattern)
