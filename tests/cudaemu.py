@@ -394,7 +394,7 @@ PASS_KERNELS = {
     "pool_c_grad_a": ("pool_c_grad_a_tiles", "pool_c_grad_a_finish"),
     "input_grad": ("input_grad_tiles",),
     "spatial_conv": ("spatial_conv_fwd",),
-    "spatial_conv_grad": ("spatial_conv_grad_in", "spatial_conv_grad_w_tiles", "spatial_conv_grad_w_finish"),
+    "spatial_conv_grad": ("spatial_conv_grad_tiles", "spatial_conv_grad_finish"),
     "channel_mlp": ("channel_mlp_fwd",),
     "channel_mlp_grad": ("channel_mlp_bwd",),
 }
