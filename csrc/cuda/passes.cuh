@@ -248,15 +248,15 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
 }
 
 // Folds the `tiles` partials of each of `outputs` results in tile order (bodies of the *_finish kernels);
-// `block` is the block's index within the blocks doing this job.
+// `block` is the block's index within the blocks doing this job. With `accumulate`, out += the sum.
 template <typename A>
 __device__ __forceinline__ void finish_sum(const SumStat<A>* part, index_t tiles, index_t outputs, A* out,
-                                           index_t block) {
+                                           index_t block, bool accumulate) {
   const index_t i = block * blockDim.x + threadIdx.x;
   if (i >= outputs) return;
   SumStat<A> s = part[i * tiles];
   for (index_t t = 1; t < tiles; ++t) s.merge(part[i * tiles + t]);
-  out[i] = s.sum;
+  out[i] = accumulate ? out[i] + s.sum : s.sum;
 }
 
 // arg and count may be null (not wanted).
@@ -324,7 +324,7 @@ template <typename T, bool CL> struct GateGradsOp {
   }
 };
 
-// pool_c_grad_a: ga = sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie of the channel pool of x*a:
+// pool_c_grad_a: ga += sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie of the channel pool of x*a:
 // max is read for split-style ties, arg for index-style ones (the other is not read, and may be null).
 template <typename T, bool CL> struct PoolCGradAOp {
   using A = acc_of<T>;
@@ -485,14 +485,15 @@ template <typename A> struct SumFinish {
 template <typename A>
 __global__ void gate_grads_finish(SumFinish<A> ga, SumFinish<A> gs) {
   if (blockIdx.x < ga.blocks)
-    finish_sum(ga.part, ga.tiles, ga.outputs, ga.out, index_t(blockIdx.x));
+    finish_sum(ga.part, ga.tiles, ga.outputs, ga.out, index_t(blockIdx.x), false);
   else
-    finish_sum(gs.part, gs.tiles, gs.outputs, gs.out, index_t(blockIdx.x - ga.blocks));
+    finish_sum(gs.part, gs.tiles, gs.outputs, gs.out, index_t(blockIdx.x - ga.blocks), false);
 }
 
+// Adds its sums to ga (the PassTable contract: ga += ...), which saves the caller an add.
 template <typename A>
-__global__ void pool_c_grad_a_finish(const SumStat<A>* part, index_t tiles, index_t outputs, A* out) {
-  finish_sum(part, tiles, outputs, out, index_t(blockIdx.x));
+__global__ void pool_c_grad_a_finish(const SumStat<A>* part, index_t tiles, index_t outputs, A* ga) {
+  finish_sum(part, tiles, outputs, ga, index_t(blockIdx.x), true);
 }
 
 template <typename T, bool CL>
@@ -688,7 +689,7 @@ cudaError_t pool_c_grad_a_layout(const PoolCGradAArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// pool_c_grad_a: ga[n,c] = sum_p acc(x) * (u[p] + T(c,p) * v[p]) ([N, C]); a, u, v are required.
+// pool_c_grad_a: ga[n,c] += sum_p acc(x) * (u[p] + T(c,p) * v[p]) ([N, C]); a, u, v are required.
 // tie.argmax selects index-style ties; without it, split-style ties read tie.max.
 template <typename T>
 cudaError_t launch_pool_c_grad_a(const PoolCGradAArgs& a, cudaStream_t stream) {
