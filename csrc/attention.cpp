@@ -464,14 +464,12 @@ BackwardResult attention_backward(const PassTable& table, void* stream, const Te
     sg = spatial_logits_backward(table, stream, sw, pooled_c, bn_stats, h, w, gl);
     u_c = sg.g_mean.div(static_cast<double>(g.c));
     v_c = cfg.split ? sg.g_max / tie_c : sg.g_max.contiguous();
-    if (channel) {
-      Tensor ga_c = empty_small(x, {g.n, g.c}, type);
+    if (channel) {  // adds its part of ga to gate_grads' part
       Tensor ws = workspace(table, Pass::PoolCGradA, g, x);
       run(table, table.pool_c_grad_a,
           PoolCGradAArgs{g, ptr(x), ptr(a), ptr(u_c), ptr(v_c), tie_operand(cfg.split, tie_c, pooled_c[1]),
-                         mut(ga_c), mut(ws)},
+                         mut(ga), mut(ws)},
           stream, "cbam_fused::kernel::pool_c_grad_a");
-      ga.add_(ga_c);
     }
   }
   if (channel) {

@@ -82,7 +82,9 @@ struct TieOperand {
   const void* max;        // [N, L] acc: the pooled max (read by split-style ties)
 };
 
-// ga[n,c] = sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie of the channel pool of acc(x) * a.
+// ga[n,c] += sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie of the channel pool of acc(x) * a:
+// adds to the gate_grads part of ga (rounded once: ga + sum), so the orchestration needs no add.
+// The Python pass (cbam_fused/passes.py) returns the sum alone; its glue starts ga at zero.
 struct PoolCGradAArgs {
   Geometry g;
   const void* x;
@@ -90,7 +92,7 @@ struct PoolCGradAArgs {
   const void* u;  // [N, P] acc
   const void* v;  // [N, P] acc
   TieOperand tie;
-  void* ga;  // [N, C] acc
+  void* ga;  // [N, C] acc, read and written
   void* workspace;
 };
 

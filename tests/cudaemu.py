@@ -267,7 +267,7 @@ class EmuPasses:
         a = _small(a, x, (n, c), "a")
         u, v, mx = (_small(t, x, (n, p), nm) for t, nm in ((u, "u"), (v, "v"), (mx, "max")))
         argmax = _small(argmax, x, (n, p), "argmax", torch.int32)
-        ga = torch.empty((n, c), dtype=acc_dtype(x.dtype))
+        ga = torch.zeros((n, c), dtype=acc_dtype(x.dtype))  # the table's pass adds to ga
         ws = self._ws(POOL_C_GRAD_A, geo)
         self._check(self.lib.cbam_emu_pool_c_grad_a(*geo, x.data_ptr(), a.data_ptr(), u.data_ptr(), v.data_ptr(),
                                                     *_tie(argmax, mx, split), ga.data_ptr(), ws.data_ptr()),
@@ -394,7 +394,7 @@ PASS_KERNELS = {
     "pool_c_grad_a": ("pool_c_grad_a_tiles", "pool_c_grad_a_finish"),
     "input_grad": ("input_grad_tiles",),
     "spatial_conv": ("spatial_conv_fwd",),
-    "spatial_conv_grad": ("spatial_conv_grad_in", "spatial_conv_grad_w_tiles", "spatial_conv_grad_w_finish"),
+    "spatial_conv_grad": ("spatial_conv_grad_tiles", "spatial_conv_grad_finish"),
     "channel_mlp": ("channel_mlp_fwd",),
     "channel_mlp_grad": ("channel_mlp_bwd",),
 }

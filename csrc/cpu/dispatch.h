@@ -78,6 +78,7 @@ struct PoolCGradAArgs {
   bool split;
   void* ga;  // [N,C] acc
   void* partials;  // [N, ga_blocks(), C] acc scratch
+  bool accumulate;  // ga += the sum (the PassTable's contract), else ga = the sum
 };
 
 struct InputGradArgs {

@@ -502,15 +502,17 @@ void apply_gates(const ApplyGatesArgs& args) {
   });
 }
 
-// Sums the per-block partials [N, blocks, C] into out [N, C] in block order.
+// Sums the per-block partials [N, blocks, C] in block order into out [N, C], or, with `accumulate`,
+// adds that sum to out (one rounding more: out + sum).
 template <typename A>
-void reduce_partials(const A* partials, A* out, int64_t N, int64_t blocks, int64_t C) {
+void reduce_partials(const A* partials, A* out, int64_t N, int64_t blocks, int64_t C, bool accumulate = false) {
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      for (int64_t c = 0; c < C; ++c) out[n * C + c] = 0;
-      for (int64_t b = 0; b < blocks; ++b) {
-        const A* part = partials + (n * blocks + b) * C;
-        for (int64_t c = 0; c < C; ++c) out[n * C + c] += part[c];
+      const A* part = partials + n * blocks * C;
+      for (int64_t c = 0; c < C; ++c) {
+        A sum = 0;
+        for (int64_t b = 0; b < blocks; ++b) sum += part[b * C + c];
+        out[n * C + c] = accumulate ? out[n * C + c] + sum : sum;
       }
     }
   });
@@ -593,7 +595,8 @@ void gate_grads(const GateGradsArgs& args) {
 
 // ------------------------------------------------------------------------------ pool_c_grad_a
 // Reads x once (|x|): ga[n,c] = sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie indicator of the
-// channel pool (index-style: c == argmax[p]; split-style: acc(x) * a[c] == max[p]).
+// channel pool (index-style: c == argmax[p]; split-style: acc(x) * a[c] == max[p]); with
+// args.accumulate, ga += that sum.
 template <typename T, Layout kLayout>
 void pool_c_grad_a(const PoolCGradAArgs& args) {
   using A = acc_t<T>;
@@ -658,7 +661,7 @@ void pool_c_grad_a(const PoolCGradAArgs& args) {
       }
     });
   }
-  reduce_partials(partials, static_cast<A*>(args.ga), N, blocks, C);
+  reduce_partials(partials, static_cast<A*>(args.ga), N, blocks, C, args.accumulate);
 }
 
 // --------------------------------------------------------------------------------- input_grad

@@ -265,7 +265,8 @@ Tensor pool_c_grad_a(const Tensor& x, const Tensor& a, const Tensor& u, const Te
                       small.acc(mx, "max", x, P),
                       split,
                       nullptr,
-                      nullptr};
+                      nullptr,
+                      /*accumulate=*/false};
   Tensor ga = small_out(x, C, acc_of(x));
   Tensor partials = at::empty({b.shape.n * ga_blocks(b.layout, P) * C}, x.options().dtype(acc_of(x)));
   args.ga = ga.data_ptr();

@@ -95,7 +95,7 @@ int pool_c_grad_a(const ::cbam_fused::PoolCGradAArgs& a, void*) {
   const bool split = a.tie.argmax == nullptr;
   Positions pos(a.tie.argmax, a.g.n * a.g.p, a.g.dtype == DType::F64);
   kernel_table().pool_c_grad_a[d(a.g.dtype)][l(a.g.layout)](cpu::PoolCGradAArgs{
-      shape(a.g), a.x, a.a, a.u, a.v, pos.get(), a.tie.max, split, a.ga, a.workspace});
+      shape(a.g), a.x, a.a, a.u, a.v, pos.get(), a.tie.max, split, a.ga, a.workspace, /*accumulate=*/true});
   return 0;
 }
 

@@ -247,14 +247,16 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
   }
 }
 
-// Folds the `tiles` partials of each of `outputs` results in tile order (bodies of the *_finish kernels).
+// Folds the `tiles` partials of each of `outputs` results in tile order (bodies of the *_finish kernels);
+// `block` is the block's index within the blocks doing this job. With `accumulate`, out += the sum.
 template <typename A>
-__device__ __forceinline__ void finish_sum(const SumStat<A>* part, index_t tiles, index_t outputs, A* out) {
-  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+__device__ __forceinline__ void finish_sum(const SumStat<A>* part, index_t tiles, index_t outputs, A* out,
+                                           index_t block, bool accumulate) {
+  const index_t i = block * blockDim.x + threadIdx.x;
   if (i >= outputs) return;
   SumStat<A> s = part[i * tiles];
   for (index_t t = 1; t < tiles; ++t) s.merge(part[i * tiles + t]);
-  out[i] = s.sum;
+  out[i] = accumulate ? out[i] + s.sum : s.sum;
 }
 
 // arg and count may be null (not wanted).
@@ -322,7 +324,7 @@ template <typename T, bool CL> struct GateGradsOp {
   }
 };
 
-// pool_c_grad_a: ga = sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie of the channel pool of x*a:
+// pool_c_grad_a: ga += sum_p acc(x) * (u[p] + T(c,p) * v[p]), T the tie of the channel pool of x*a:
 // max is read for split-style ties, arg for index-style ones (the other is not read, and may be null).
 template <typename T, bool CL> struct PoolCGradAOp {
   using A = acc_of<T>;
@@ -471,14 +473,27 @@ __global__ void pool_c_finish(const PoolStat<A>* part, index_t tiles, index_t ou
   finish_pool(part, tiles, outputs, len, mean, max, arg, count);
 }
 
+// A finishing job: the partials of `outputs` sums, folded into `out` by `blocks` blocks.
+template <typename A> struct SumFinish {
+  const SumStat<A>* part;
+  index_t tiles, outputs;
+  A* out;
+  unsigned blocks;  // 0: not wanted
+};
+
+// Both of gate_grads' results in one launch: blocks [0, ga.blocks) fold ga, the rest gs.
 template <typename A>
-__global__ void gate_grads_finish(const SumStat<A>* part, index_t tiles, index_t outputs, A* out) {
-  finish_sum(part, tiles, outputs, out);
+__global__ void gate_grads_finish(SumFinish<A> ga, SumFinish<A> gs) {
+  if (blockIdx.x < ga.blocks)
+    finish_sum(ga.part, ga.tiles, ga.outputs, ga.out, index_t(blockIdx.x), false);
+  else
+    finish_sum(gs.part, gs.tiles, gs.outputs, gs.out, index_t(blockIdx.x - ga.blocks), false);
 }
 
+// Adds its sums to ga (the PassTable contract: ga += ...), which saves the caller an add.
 template <typename A>
-__global__ void pool_c_grad_a_finish(const SumStat<A>* part, index_t tiles, index_t outputs, A* out) {
-  finish_sum(part, tiles, outputs, out);
+__global__ void pool_c_grad_a_finish(const SumStat<A>* part, index_t tiles, index_t outputs, A* ga) {
+  finish_sum(part, tiles, outputs, ga, index_t(blockIdx.x), true);
 }
 
 template <typename T, bool CL>
@@ -636,19 +651,14 @@ cudaError_t gate_grads_layout(const GateGradsArgs& a, cudaStream_t stream) {
       t, parts.along_cols, parts.along_rows);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  if (a.ga != nullptr) {
-    const auto r = result_parts(t, parts, true);
-    gate_grads_finish<<<blocks_for(t.n * t.c), kThreads, 0, stream>>>(r.part, r.tiles, t.n * t.c,
-                                                                       static_cast<A*>(a.ga));
-    if ((e = cudaGetLastError()) != cudaSuccess) return e;
-  }
-  if (a.gs != nullptr) {
-    const auto r = result_parts(t, parts, false);
-    gate_grads_finish<<<blocks_for(t.n * t.p), kThreads, 0, stream>>>(r.part, r.tiles, t.n * t.p,
-                                                                       static_cast<A*>(a.gs));
-    e = cudaGetLastError();
-  }
-  return e;
+  auto job = [&](bool per_channel, void* out) {
+    const auto r = result_parts(t, parts, per_channel);
+    const index_t outputs = per_channel ? t.n * t.c : t.n * t.p;
+    return SumFinish<A>{r.part, r.tiles, outputs, static_cast<A*>(out), out != nullptr ? blocks_for(outputs) : 0u};
+  };
+  const SumFinish<A> ga = job(true, a.ga), gs = job(false, a.gs);
+  gate_grads_finish<<<ga.blocks + gs.blocks, kThreads, 0, stream>>>(ga, gs);
+  return cudaGetLastError();
 }
 
 // gate_grads: ga = sum_p gy*x*s ([N, C]) and gs = sum_c gy*x*a ([N, P]), each when its pointer is set,
@@ -679,7 +689,7 @@ cudaError_t pool_c_grad_a_layout(const PoolCGradAArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// pool_c_grad_a: ga[n,c] = sum_p acc(x) * (u[p] + T(c,p) * v[p]) ([N, C]); a, u, v are required.
+// pool_c_grad_a: ga[n,c] += sum_p acc(x) * (u[p] + T(c,p) * v[p]) ([N, C]); a, u, v are required.
 // tie.argmax selects index-style ties; without it, split-style ties read tie.max.
 template <typename T>
 cudaError_t launch_pool_c_grad_a(const PoolCGradAArgs& a, cudaStream_t stream) {

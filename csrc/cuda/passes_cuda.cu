@@ -147,7 +147,7 @@ Tensor pool_c_grad_a(const Tensor& x, const Tensor& a_in, const Tensor& u_in, co
   const Tensor u = small(u_in, x, g.n, g.p, op, "u", acc), v = small(v_in, x, g.n, g.p, op, "v", acc);
   const Tensor arg = small(arg_in, x, g.n, g.p, op, "argmax", at::kInt);
   const Tensor max = small(max_in, x, g.n, g.p, op, "max", acc);
-  Tensor ga = at::empty({g.n, g.c}, x.options().dtype(acc));
+  Tensor ga = at::zeros({g.n, g.c}, x.options().dtype(acc));  // the table's pass adds to ga
   Tensor ws = workspace(x, Pass::PoolCGradA, g);
   const TieOperand tie{split ? nullptr : iptr(arg), split ? ptr(max) : nullptr};
   check(passes().pool_c_grad_a({g, x.data_ptr(), ptr(a), ptr(u), ptr(v), tie, ptr(ga), ws.data_ptr()}, stream()),

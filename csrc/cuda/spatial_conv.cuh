@@ -16,7 +16,9 @@
 // The weight and bias gradients sum N*H*W products each. Every block owns a fixed chunk of pixels
 // and one tap (2*K*K weights + the bias), sums its products in double and reduces over the block in
 // a fixed order; a finish kernel folds the chunks' partials in chunk order. No atomics, so the result
-// is bitwise the same on every run, and the chunk size depends only on the shape.
+// is bitwise the same on every run, and the chunk size depends only on the shape. The input gradient
+// runs in the same launch as these partials, on blocks of its own (spatial_conv_grad_tiles): two
+// launches per gradient, where host time dominates (docs/design.md §6).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -34,7 +36,9 @@ constexpr int kConvThreads = 256;
 constexpr index_t kConvMinPixelsPerThread = 8;
 constexpr index_t kConvMaxChunks = 1024;  // partials per tap, at most about this many
 constexpr index_t kConvMaxBlocks = index_t(1) << 20;
-constexpr int kConvMaxGridY = 65535;
+// Blocks per chunk that share out the taps. With at most about kConvMaxChunks chunks and
+// kConvMaxBlocks input-gradient blocks, the one grid stays far below 2^31 blocks.
+constexpr int kConvMaxTapBlocks = 65535;
 
 // Valid tap range [lo, hi) along one axis for output coordinate `at` of an axis of length `len`: the
 // taps that read inside the image.
@@ -72,11 +76,13 @@ __global__ void spatial_conv_fwd(const A* __restrict__ in0, const A* __restrict_
 
 // grad_in_ci[q] = sum_{i', j'} w[ci][K-1-i'][K-1-j'] * g[y + i' - r][x + j' - r] over the taps inside
 // g: the forward with the flipped kernel, both channels from one read of g; a null output is skipped.
+// Run by `blocks` blocks, this one being `block`.
 template <typename A>
-__global__ void spatial_conv_grad_in(const A* __restrict__ g, const A* __restrict__ w, index_t total, index_t h,
-                                     index_t wd, int k, A* __restrict__ gin0, A* __restrict__ gin1) {
+__device__ __forceinline__ void conv_grad_in(const A* __restrict__ g, const A* __restrict__ w, index_t total,
+                                             index_t h, index_t wd, int k, A* __restrict__ gin0,
+                                             A* __restrict__ gin1, index_t block, index_t blocks) {
   const int r = k / 2, kk = k * k;
-  for (index_t q = index_t(blockIdx.x) * blockDim.x + threadIdx.x; q < total; q += index_t(gridDim.x) * blockDim.x) {
+  for (index_t q = block * blockDim.x + threadIdx.x; q < total; q += blocks * blockDim.x) {
     const index_t x = q % wd, y = (q / wd) % h;
     int i0, i1, j0, j1;
     conv_tap_range(y, h, k, i0, i1);
@@ -96,19 +102,20 @@ __global__ void spatial_conv_grad_in(const A* __restrict__ g, const A* __restric
   }
 }
 
-// Partial sums, in double, of tap t in [t0, t1) over pixel chunk blockIdx.x: tap t < 2*K*K is weight
-// (ci, i, j) = (t / K^2, t / K % K, t % K), summing in_ci[y + i - r][x + j - r] * g[y][x] (zero outside
-// the image); tap 2*K*K is the bias, summing g. part[t * chunks + chunk].
+// Partial sums, in double, of tap t in [t0, t1) over pixel chunk `chunk`, this block taking every
+// `tap_step`-th tap from t0 + `tap`: tap t < 2*K*K is weight (ci, i, j) = (t / K^2, t / K % K, t % K),
+// summing in_ci[y + i - r][x + j - r] * g[y][x] (zero outside the image); tap 2*K*K is the bias,
+// summing g. part[t * chunks + chunk].
 template <typename A>
-__global__ void spatial_conv_grad_w_tiles(const A* __restrict__ in0, const A* __restrict__ in1,
-                                          const A* __restrict__ g, index_t total, index_t h, index_t wd, int k,
-                                          index_t chunk_px, index_t chunks, int t0, int t1,
-                                          double* __restrict__ part) {
+__device__ __forceinline__ void conv_grad_w_tiles(const A* __restrict__ in0, const A* __restrict__ in1,
+                                                  const A* __restrict__ g, index_t total, index_t h, index_t wd,
+                                                  int k, index_t chunk_px, index_t chunks, int t0, int t1,
+                                                  double* __restrict__ part, index_t chunk, int tap, int tap_step) {
   __shared__ double warp_sums[kConvThreads / 32];
   const int r = k / 2, kk = k * k, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const index_t begin = index_t(blockIdx.x) * chunk_px;
+  const index_t begin = chunk * chunk_px;
   const index_t end = begin + chunk_px < total ? begin + chunk_px : total;
-  for (int t = t0 + int(blockIdx.y); t < t1; t += int(gridDim.y)) {  // uniform across the block
+  for (int t = t0 + tap; t < t1; t += tap_step) {  // uniform across the block
     double s = 0.0;
     if (t == 2 * kk) {
       for (index_t q = begin + threadIdx.x; q < end; q += kConvThreads) s += double(g[q]);
@@ -130,16 +137,42 @@ __global__ void spatial_conv_grad_w_tiles(const A* __restrict__ in0, const A* __
     if (threadIdx.x == 0) {
       double b = warp_sums[0];
       for (int v = 1; v < kConvThreads / 32; ++v) b += warp_sums[v];
-      part[index_t(t) * chunks + blockIdx.x] = b;
+      part[index_t(t) * chunks + chunk] = b;
     }
     __syncthreads();  // warp_sums is reused by the next tap
   }
 }
 
+// What spatial_conv_grad_tiles does: the input gradient over in_blocks blocks, then the weight
+// partials over chunks * tap_blocks blocks (chunk = fastest); either part may have no blocks.
+template <typename A> struct ConvGradJobs {
+  const A *in0, *in1, *w, *g;
+  index_t total, h, wd;
+  int k;
+  A *gin0, *gin1;
+  unsigned in_blocks;
+  index_t chunk_px, chunks;
+  int t0, t1, tap_blocks;
+  double* part;
+};
+
+// One launch for both full-size jobs of the gradient: each block takes one of them (a block-uniform
+// branch, so the weight part's barriers are reached by the whole block).
+template <typename A>
+__global__ void spatial_conv_grad_tiles(ConvGradJobs<A> j) {
+  if (blockIdx.x < j.in_blocks) {
+    conv_grad_in(j.g, j.w, j.total, j.h, j.wd, j.k, j.gin0, j.gin1, index_t(blockIdx.x), index_t(j.in_blocks));
+  } else {
+    const index_t b = index_t(blockIdx.x - j.in_blocks);
+    conv_grad_w_tiles(j.in0, j.in1, j.g, j.total, j.h, j.wd, j.k, j.chunk_px, j.chunks, j.t0, j.t1, j.part,
+                      b % j.chunks, int(b / j.chunks), j.tap_blocks);
+  }
+}
+
 // Folds each tap's chunk partials in chunk order; no chunks (N = 0) gives zeros.
 template <typename A>
-__global__ void spatial_conv_grad_w_finish(const double* __restrict__ part, index_t chunks, int k, int t0, int t1,
-                                           A* __restrict__ gw, A* __restrict__ gb) {
+__global__ void spatial_conv_grad_finish(const double* __restrict__ part, index_t chunks, int k, int t0, int t1,
+                                         A* __restrict__ gw, A* __restrict__ gb) {
   const int t = t0 + int(blockIdx.x * blockDim.x + threadIdx.x);
   if (t >= t1) return;
   double s = 0.0;
@@ -191,31 +224,28 @@ cudaError_t launch_spatial_conv_grad(const SpatialConvGradArgs& a, cudaStream_t 
   const index_t total = a.n * a.h * a.w;
   if (!conv_shape_ok(a.n, a.h, a.w, a.k) || (total > 0 && a.grad_out == nullptr)) return cudaErrorInvalidValue;
   const int k = int(a.k), taps = 2 * k * k + 1;
-  const auto* g = static_cast<const A*>(a.grad_out);
-  if ((a.grad_in0 != nullptr || a.grad_in1 != nullptr) && total > 0) {
-    if (a.weight == nullptr) return cudaErrorInvalidValue;
-    spatial_conv_grad_in<<<conv_blocks(total), kConvThreads, 0, stream>>>(
-        g, static_cast<const A*>(a.weight), total, a.h, a.w, k, static_cast<A*>(a.grad_in0),
-        static_cast<A*>(a.grad_in1));
-    const cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-  }
-  if (a.grad_weight == nullptr && a.grad_bias == nullptr) return cudaSuccess;
+  const bool want_in = (a.grad_in0 != nullptr || a.grad_in1 != nullptr) && total > 0;
+  const bool want_w = a.grad_weight != nullptr || a.grad_bias != nullptr;
+  if (want_in && a.weight == nullptr) return cudaErrorInvalidValue;
   // taps [t0, t1): the weights when wanted, the bias (last) when wanted
   const int t0 = a.grad_weight != nullptr ? 0 : taps - 1, t1 = a.grad_bias != nullptr ? taps : taps - 1;
-  const index_t chunk_px = conv_chunk_pixels(total), chunks = (total + chunk_px - 1) / chunk_px;
+  const index_t chunk_px = conv_chunk_pixels(total), chunks = want_w ? (total + chunk_px - 1) / chunk_px : 0;
   auto* part = static_cast<double*>(a.workspace);
-  if (chunks > 0) {
-    if (part == nullptr || (a.grad_weight != nullptr && (a.in0 == nullptr || a.in1 == nullptr)))
-      return cudaErrorInvalidValue;
-    const int grid_y = t1 - t0 < kConvMaxGridY ? t1 - t0 : kConvMaxGridY;
-    spatial_conv_grad_w_tiles<<<dim3(unsigned(chunks), unsigned(grid_y)), kConvThreads, 0, stream>>>(
-        static_cast<const A*>(a.in0), static_cast<const A*>(a.in1), g, total, a.h, a.w, k, chunk_px, chunks, t0,
-        t1, part);
+  if (chunks > 0 && (part == nullptr || (a.grad_weight != nullptr && (a.in0 == nullptr || a.in1 == nullptr))))
+    return cudaErrorInvalidValue;
+  const int tap_blocks = t1 - t0 < kConvMaxTapBlocks ? t1 - t0 : kConvMaxTapBlocks;
+  const ConvGradJobs<A> jobs{static_cast<const A*>(a.in0), static_cast<const A*>(a.in1),
+                             static_cast<const A*>(a.weight), static_cast<const A*>(a.grad_out), total, a.h, a.w, k,
+                             static_cast<A*>(a.grad_in0), static_cast<A*>(a.grad_in1),
+                             want_in ? conv_blocks(total) : 0u, chunk_px, chunks, t0, t1, tap_blocks, part};
+  const index_t blocks = index_t(jobs.in_blocks) + chunks * tap_blocks;
+  if (blocks > 0) {
+    spatial_conv_grad_tiles<<<unsigned(blocks), kConvThreads, 0, stream>>>(jobs);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
-  spatial_conv_grad_w_finish<<<unsigned((t1 - t0 + kConvThreads - 1) / kConvThreads), kConvThreads, 0, stream>>>(
+  if (!want_w) return cudaSuccess;
+  spatial_conv_grad_finish<<<unsigned((t1 - t0 + kConvThreads - 1) / kConvThreads), kConvThreads, 0, stream>>>(
       part, chunks, k, t0, t1, static_cast<A*>(a.grad_weight), static_cast<A*>(a.grad_bias));
   return cudaGetLastError();
 }

@@ -162,6 +162,7 @@ template <typename T> static void check_shape(index_t n, index_t c, index_t p, b
     std::memcpy(argc.p, arg_c.data(), n * p * sizeof(int));
     std::memcpy(maxh.p, max_hw.data(), n * c * sizeof(float));
     std::memcpy(argh.p, arg_hw.data(), n * c * sizeof(int));
+    for (index_t i = 0; i < n * c; ++i) ga.p[i] = 0.25f * float(i % 3);  // the pass adds to ga
     Buf<unsigned char> ws(table().workspace_bytes(cf::Pass::PoolCGradA, geo));
     // only the tie operand of the style is passed: the other must not be read
     const cf::TieOperand tie_c{split ? nullptr : argc.p, split ? maxc.p : nullptr};
@@ -172,6 +173,7 @@ template <typename T> static void check_shape(index_t n, index_t c, index_t p, b
                                 nullptr),
              "input_grad launch");
     std::vector<double> hga(n * c);
+    for (index_t i = 0; i < n * c; ++i) hga[i] = 0.25 * double(i % 3);
     for (index_t ni = 0; ni < n; ++ni)
       for (index_t ci = 0; ci < c; ++ci)
         for (index_t pi = 0; pi < p; ++pi) {

@@ -58,7 +58,7 @@ int cbam_emu_gate_grads(int dtype, int layout, index_t n, index_t c, index_t p, 
   return done(table().gate_grads({geometry(dtype, layout, n, c, p), gy, x, a, s, ga, gs, ws}, nullptr));
 }
 
-// tie: argmax selects index-style ties; without it, split-style ties read max
+// tie: argmax selects index-style ties; without it, split-style ties read max. Adds to ga.
 int cbam_emu_pool_c_grad_a(int dtype, int layout, index_t n, index_t c, index_t p, const void* x, const void* a,
                            const void* u, const void* v, const int32_t* tie_argmax, const void* tie_max, void* ga,
                            void* ws) {
