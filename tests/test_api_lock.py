@@ -1,4 +1,4 @@
-"""The version moves with every change to the public API or to an op schema (issue 11, item 5).
+"""The version moves with every change to the public API or to an op schema (README, "Versions and changes").
 
 The public surface is every name in ``cbam_fused.__all__`` (and in the ``__all__`` of a public
 module it lists) with its call signature (parameter names, kinds and defaults; annotations are left

@@ -1,4 +1,4 @@
-"""Devices with no fused backend (issue 11, item 5): the default backend is the stock-op path there,
+"""Devices with no fused backend: the default backend is the stock-op path there,
 and a ``NoFusedBackendWarning`` says so once per process.
 
 No such device is at hand, so the backend choice is checked on tensors whose device type has no

@@ -1,4 +1,4 @@
-"""Training setups beyond DDP (issue 11, item 4): FSDP2, activation checkpointing, Python threads,
+"""Training setups beyond DDP: FSDP2, activation checkpointing, Python threads,
 copies of a converted model, and torch.func.
 
 Each setup is compared with the same model without it: the unconverted model under the same FSDP2
