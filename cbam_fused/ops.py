@@ -57,10 +57,18 @@ def run(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
         sw = None if conv_w is None else ss.SpatialWeights.of(
             conv_w, conv_b, spatial_order, bn, bn_w, bn_b, bn_mean, bn_var, bn_eps, acc)
         return eager_attention(x, cw, channel_pools, channel_gate, sw, spatial_gate, ties)
+    if ties != "none" and not _grad_follows(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b):
+        args = (*args[:-2], "none", name)  # inference: the pools track no argmax or count
     if not is_native(name):
         check_inputs(*args)  # the compiled ops check inside, the Python twins here
     out = forward_op(name)(*args)
     return out[0], (out[-1] if bn == "train" else None)
+
+
+def _grad_follows(*tensors) -> bool:
+    """Whether autograd records the op: grad mode on and some input requiring a gradient. Under
+    torch.compile this is read at trace time, so the graph holds the matching ``ties``."""
+    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
 
 
 def attention(
