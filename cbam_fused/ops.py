@@ -57,7 +57,7 @@ def run(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
         sw = None if conv_w is None else ss.SpatialWeights.of(
             conv_w, conv_b, spatial_order, bn, bn_w, bn_b, bn_mean, bn_var, bn_eps, acc)
         return eager_attention(x, cw, channel_pools, channel_gate, sw, spatial_gate, ties)
-    if ties != "none" and not _grad_follows(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b):
+    if ties in TIES and not _grad_follows(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b):  # else the op rejects it
         args = (*args[:-2], "none", name)  # inference: the pools track no argmax or count
     if not is_native(name):
         check_inputs(*args)  # the compiled ops check inside, the Python twins here
