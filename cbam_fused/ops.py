@@ -12,7 +12,7 @@ from torch import Tensor
 from . import small_steps as ss
 from .attention_op import dense, memory_format
 from .backends import (BACKENDS, NoFusedBackendWarning, available_backends, is_native, resolve_backend,
-                       unavailable_reason)
+                       under_functorch, unavailable_reason)
 from .attention_op import forward_op
 from .eager import eager_attention
 from .passes import acc_dtype
@@ -67,8 +67,13 @@ def run(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
 
 def _grad_follows(*tensors) -> bool:
     """Whether autograd records the op: grad mode on and some input requiring a gradient. Under
-    torch.compile this is read at trace time, so the graph holds the matching ``ties``."""
-    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
+    torch.compile this is read at trace time, so the graph holds the matching ``ties``. Under a
+    torch.func transform it is assumed (the wrappers hide requires_grad)."""
+    if not torch.is_grad_enabled():
+        return False
+    if not torch.compiler.is_compiling() and under_functorch():
+        return True
+    return any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
 
 
 def attention(
