@@ -70,9 +70,11 @@ def _saved_like(a: dict) -> tuple:
     n, c, h, w = x.shape
     acc = acc_dtype(x.dtype)
     ch, sp = a["w1"] is not None, a["conv_w"] is not None
+    track = a["ties"] != "none"  # inference: no tie operand
     spec = {
-        "m": ((n, c), acc, ch), "pooled_hw": ((2, n, c), acc, ch), "tie_hw": ((n, c), torch.int32, ch),
-        "l": ((n, h * w), acc, sp), "pooled_c": ((2, n, h * w), acc, sp), "tie_c": ((n, h * w), torch.int32, sp),
+        "m": ((n, c), acc, ch), "pooled_hw": ((2, n, c), acc, ch), "tie_hw": ((n, c), torch.int32, ch and track),
+        "l": ((n, h * w), acc, sp), "pooled_c": ((2, n, h * w), acc, sp),
+        "tie_c": ((n, h * w), torch.int32, sp and track),
         "bn_stats": ((2,), acc, sp and a["bn"] == "train"),
     }
     return tuple(x.new_empty(shape if present else (0,), dtype=dtype) for shape, dtype, present in
@@ -125,20 +127,22 @@ def forward_impl(passes, a: dict):
     n, c, h, w = x.shape
     acc = acc_dtype(x.dtype)
     cw, sw = _weights(a, acc)
-    split = a["ties"] == "split"
+    split, track = a["ties"] == "split", a["ties"] != "none"
     saved = {name: x.new_empty(0, dtype=acc) for name in SAVED}
     saved["tie_hw"], saved["tie_c"] = (x.new_empty(0, dtype=torch.int32) for _ in range(2))
     gate_a = gate_s = None
     if cw is not None:
-        avg, mx, argmax, count = passes.pool_hw(x)
+        avg, mx, argmax, count = passes.pool_hw(x, ties=track)
         saved["pooled_hw"] = torch.stack([avg, mx])
-        saved["tie_hw"] = count if split else argmax
+        if track:
+            saved["tie_hw"] = count if split else argmax
         saved["m"] = ss.channel_logits(cw, a["channel_pools"], avg, mx)
         gate_a = ss.gate_forward(a["channel_gate"], saved["m"])
     if sw is not None:
-        mean, mx, argmax, count = passes.pool_c(x, gate_a)
+        mean, mx, argmax, count = passes.pool_c(x, gate_a, ties=track)
         saved["pooled_c"] = torch.stack([mean, mx])
-        saved["tie_c"] = count if split else argmax
+        if track:
+            saved["tie_c"] = count if split else argmax
         saved["l"], stats = ss.spatial_logits(sw, mean, mx, (n, h, w))
         if a["bn"] == "train":
             saved["bn_stats"] = stats
@@ -149,6 +153,9 @@ def forward_impl(passes, a: dict):
 
 def backward_impl(passes, a: dict):
     """Backward from the saved small tensors; returns gx and the trained weights' gradients."""
+    if a["ties"] == "none":  # the message of csrc/attention.cpp
+        raise ValueError("cbam_fused: no gradient through a forward that ran with ties='none' (inference: it "
+                         "kept no argmax or count); run the forward with ties='index' or 'split'")
     x = dense(a["x"])
     gy = a["gy"].contiguous(memory_format=memory_format(x))
     n, c, h, w = x.shape

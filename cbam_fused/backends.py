@@ -180,6 +180,12 @@ def under_functorch_autodiff() -> bool:
     return any(level.key() in kinds for level in stack)
 
 
+def under_functorch() -> bool:
+    """Inside any torch.func transform (vmap included), whose wrapped tensors do not show whether
+    the tensors they wrap require a gradient."""
+    return bool(torch._C._functorch.get_interpreter_stack())
+
+
 def resolve_backend(backend: Optional[str], x: Tensor) -> str:
     """Pick the backend for ``x``: the named one (checked), or the best for x's device.
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from . import small_steps as ss
 from .attention_op import dense, memory_format
 from .backends import (BACKENDS, NoFusedBackendWarning, available_backends, is_native, resolve_backend,
-                       unavailable_reason)
+                       under_functorch, unavailable_reason)
 from .attention_op import forward_op
 from .eager import eager_attention
 from .passes import acc_dtype
@@ -57,10 +57,23 @@ def run(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
         sw = None if conv_w is None else ss.SpatialWeights.of(
             conv_w, conv_b, spatial_order, bn, bn_w, bn_b, bn_mean, bn_var, bn_eps, acc)
         return eager_attention(x, cw, channel_pools, channel_gate, sw, spatial_gate, ties)
+    if ties in TIES and not _grad_follows(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b):  # else the op rejects it
+        args = (*args[:-2], "none", name)  # inference: the pools track no argmax or count
     if not is_native(name):
         check_inputs(*args)  # the compiled ops check inside, the Python twins here
     out = forward_op(name)(*args)
     return out[0], (out[-1] if bn == "train" else None)
+
+
+def _grad_follows(*tensors) -> bool:
+    """Whether autograd records the op: grad mode on and some input requiring a gradient. Under
+    torch.compile this is read at trace time, so the graph holds the matching ``ties``. Under a
+    torch.func transform it is assumed (the wrappers hide requires_grad)."""
+    if not torch.is_grad_enabled():
+        return False
+    if not torch.compiler.is_compiling() and under_functorch():
+        return True
+    return any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
 
 
 def attention(

@@ -16,12 +16,12 @@ class CppPasses:
         self.name = name
 
     @staticmethod
-    def pool_hw(x):
-        return torch.ops.cbam_fused.pool_hw(x)
+    def pool_hw(x, ties=True):
+        return _ties_or_none(torch.ops.cbam_fused.pool_hw(x, ties), ties)
 
     @staticmethod
-    def pool_c(x, a):
-        return torch.ops.cbam_fused.pool_c(x, a)
+    def pool_c(x, a, ties=True):
+        return _ties_or_none(torch.ops.cbam_fused.pool_c(x, a, ties), ties)
 
     @staticmethod
     def apply_gates(x, a, s):
@@ -42,6 +42,11 @@ class CppPasses:
         )
 
 
+def _ties_or_none(pools, ties):
+    """The ops return empty argmax and count without ties; the pass-set interface says None."""
+    return pools if ties else (pools[0], pools[1], None, None)
+
+
 def _dense_like(x):
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
         return torch.empty_like(x)
@@ -55,16 +60,16 @@ def register_fakes() -> None:
         n, c, h, w = x.shape
         return x.new_empty((n, c) if per_channel else (n, h * w), dtype=dtype or acc_dtype(x.dtype))
 
-    def pools(x, per_channel):
-        return (small(x, per_channel), small(x, per_channel), small(x, per_channel, torch.int32),
-                small(x, per_channel, torch.int32))
+    def pools(x, per_channel, ties):
+        ints = (small(x, per_channel, torch.int32) if ties else x.new_empty(0, dtype=torch.int32) for _ in range(2))
+        return (small(x, per_channel), small(x, per_channel), *ints)
 
     def none(x):
         return x.new_empty(0, dtype=acc_dtype(x.dtype))
 
     lib = "cbam_fused::"
-    torch.library.register_fake(lib + "pool_hw")(lambda x: pools(x, True))
-    torch.library.register_fake(lib + "pool_c")(lambda x, a: pools(x, False))
+    torch.library.register_fake(lib + "pool_hw")(lambda x, ties=True: pools(x, True, ties))
+    torch.library.register_fake(lib + "pool_c")(lambda x, a, ties=True: pools(x, False, ties))
     torch.library.register_fake(lib + "apply_gates")(lambda x, a, s: _dense_like(x))
     torch.library.register_fake(lib + "gate_grads")(
         lambda gy, x, a, s, want_a, want_s: (small(x, True) if want_a else none(x),

@@ -13,7 +13,9 @@ per-channel ``[N, C]``, per-pixel ``[N, P]``; indices and counts are int32. ``a`
 ``s`` (per pixel) are gate values; ``None`` means "all ones".
 
 Max pooling keeps the first index of the maximum (as ``torch.max`` on CPU) and the number of
-elements equal to it. NaN wins a max and the first NaN is the argmax (as ``torch.max``).
+elements equal to it. NaN wins a max and the first NaN is the argmax (as ``torch.max``). With
+``ties=False`` (inference: no gradient follows) a pool keeps neither and returns ``None`` for both;
+its mean and max are bitwise those it gives with ``ties=True``.
 
 A ``v`` gradient for max pooling is routed by ``tie``:
 
@@ -57,19 +59,22 @@ class TorchPasses:
         n, c, h, w = x.shape
         return x.to(acc_dtype(x.dtype)).reshape(n, c, h * w)
 
-    def pool_hw(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Pool over pixels: ``(avg, max, argmax, count)``, each ``[N, C]``."""
+    def pool_hw(self, x: Tensor, ties: bool = True) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Pool over pixels: ``(avg, max, argmax, count)``, each ``[N, C]`` (the last two None
+        without ``ties``)."""
         v = self._flat(x)
         mx, idx, count = _first_max(v, 2)
-        return v.mean(dim=2), mx, idx, count
+        return (v.mean(dim=2), mx, idx, count) if ties else (v.mean(dim=2), mx, None, None)
 
-    def pool_c(self, x: Tensor, a: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Pool ``acc(x) * a`` over channels: ``(mean, max, argmax, count)``, each ``[N, P]``."""
+    def pool_c(self, x: Tensor, a: Tensor | None, ties: bool = True
+               ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Pool ``acc(x) * a`` over channels: ``(mean, max, argmax, count)``, each ``[N, P]`` (the last
+        two None without ``ties``)."""
         v = self._flat(x)
         if a is not None:
             v = v * a[:, :, None]
         mx, idx, count = _first_max(v, 1)
-        return v.mean(dim=1), mx, idx, count
+        return (v.mean(dim=1), mx, idx, count) if ties else (v.mean(dim=1), mx, None, None)
 
     def apply_gates(self, x: Tensor, a: Tensor | None, s: Tensor | None) -> Tensor:
         """``y = (acc(x) * a) * s`` in x's dtype and memory format."""

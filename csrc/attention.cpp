@@ -336,12 +336,15 @@ SpatialGrads spatial_logits_backward(const PassTable& table, void* stream, const
 }
 
 // ------------------------------------------------------------------------------ passes
-// ChannelPools over pixels (per_channel) or over channels of acc(x) * a: ([2, N, L] mean; max, argmax, count).
-std::tuple<Tensor, Tensor, Tensor> pool(const PassTable& table, void* stream, const Tensor& x, const Geometry& g,
-                                        const Tensor& a, bool per_channel) {
+// Pools over pixels (per_channel) or over channels of acc(x) * a: ([2, N, L] mean; max, and the tie
+// operand: the argmax for index-style ties, the count for split-style ones, undefined with
+// ties "none"). The kernel gets a null pointer for what is not kept, and tracks neither in inference.
+std::pair<Tensor, Tensor> pool(const PassTable& table, void* stream, const Tensor& x, const Geometry& g,
+                               const Tensor& a, bool per_channel, const Config& cfg) {
   const int64_t len = per_channel ? g.c : g.p;
   Tensor pooled = empty_small(x, {2, g.n, len}, acc_type(x));
-  Tensor argmax = empty_small(x, {g.n, len}, at::kInt), count = empty_small(x, {g.n, len}, at::kInt);
+  Tensor argmax, count;
+  if (cfg.track) (cfg.split ? count : argmax) = empty_small(x, {g.n, len}, at::kInt);
   if (per_channel) {
     Tensor ws = workspace(table, Pass::PoolHw, g, x);
     run(table, table.pool_hw,
@@ -353,7 +356,14 @@ std::tuple<Tensor, Tensor, Tensor> pool(const PassTable& table, void* stream, co
         PoolCArgs{g, ptr(x), ptr(a), plane(pooled, 0), plane(pooled, 1), ints(argmax), ints(count), mut(ws)}, stream,
         "cbam_fused::kernel::pool_c");
   }
-  return {pooled, argmax, count};
+  return {pooled, cfg.split ? count : argmax};
+}
+
+// gy constant over pixels (stride 0, or size 1, over H and W: the gradient of y.sum() or of a mean
+// over pixels). A table with reads_gy_c reads such a gy as its [N, C] values, in place of a
+// full-size contiguous copy.
+bool constant_over_pixels(const Tensor& gy) {
+  return (gy.size(2) == 1 || gy.stride(2) == 0) && (gy.size(3) == 1 || gy.stride(3) == 0);
 }
 
 // The max is passed with index-style ties too: the CPU kernels read it unconditionally.
@@ -381,9 +391,7 @@ ForwardResult attention_forward(const PassTable& table, void* stream,
   Tensor a, s, m, pooled_hw, tie_hw, l, pooled_c, tie_c, stats;
   if (channel) {
     const ChannelWeights wt = channel_weights(cfg, w1, b1, w2, b2, type);
-    auto [pooled, argmax, count] = pool(table, stream, x, g, Tensor(), true);
-    pooled_hw = pooled;
-    tie_hw = cfg.split ? count : argmax;
+    std::tie(pooled_hw, tie_hw) = pool(table, stream, x, g, Tensor(), true, cfg);
     if (has_mlp_kernel(table, cfg, wt.w1, g.n)) {
       m = empty_small(x, {g.n, g.c}, type);
       a = empty_small(x, {g.n, g.c}, type);
@@ -395,9 +403,7 @@ ForwardResult attention_forward(const PassTable& table, void* stream,
   }
   if (spatial) {
     const SpatialWeights wt = spatial_weights(cfg, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, type);
-    auto [pooled, argmax, count] = pool(table, stream, x, g, a, false);
-    pooled_c = pooled;
-    tie_c = cfg.split ? count : argmax;
+    std::tie(pooled_c, tie_c) = pool(table, stream, x, g, a, false, cfg);
     std::tie(l, stats) = spatial_logits(table, stream, wt, pooled_c, h, w);
     if (cfg.bn != BnMode::Train) stats = Tensor();
     s = gate_forward(cfg.sgate, l);
@@ -408,13 +414,13 @@ ForwardResult attention_forward(const PassTable& table, void* stream,
   if (!channel) {  // distinct empties: outputs of an op must not alias each other
     m = none(type);
     pooled_hw = none(type);
-    tie_hw = none(at::kInt);
   }
   if (!spatial) {
     l = none(type);
     pooled_c = none(type);
-    tie_c = none(at::kInt);
   }
+  if (!tie_hw.defined()) tie_hw = none(at::kInt);
+  if (!tie_c.defined()) tie_c = none(at::kInt);
   if (!stats.defined()) stats = none(type);
   return {y, m, pooled_hw, tie_hw, l, pooled_c, tie_c, stats};
 }
@@ -428,10 +434,17 @@ BackwardResult attention_backward(const PassTable& table, void* stream, const Te
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const Config cfg = parse_config(channel_kind, channel_pools, channel_gate, spatial_order, spatial_gate, bn,
                                   bn_eps, ties);
+  TORCH_CHECK_VALUE(cfg.track, "cbam_fused: no gradient through a forward that ran with ties='none' (inference: "
+                    "it kept no argmax or count); run the forward with ties='index' or 'split'");
   const Tensor x = dense(x_in);
   const Geometry g = geometry_of(x);
-  const Tensor gy = gy_in.contiguous(memory_format(g));
   const auto type = acc_type(x);
+  Tensor gy, gy_c;  // one of them: gy in x's layout, or the values of a gy constant over pixels
+  if (table.reads_gy_c && constant_over_pixels(gy_in)) {
+    gy_c = gy_in.select(3, 0).select(2, 0).to(type).contiguous();
+  } else {
+    gy = gy_in.contiguous(memory_format(g));
+  }
   const bool channel = w1.has_value(), spatial = conv_w.has_value();
   const int64_t h = x.size(2), w = x.size(3);
   const ChannelWeights cw = channel_weights(cfg, w1, b1, w2, b2, type);
@@ -453,8 +466,9 @@ BackwardResult attention_backward(const PassTable& table, void* stream, const Te
   Tensor gs = spatial ? empty_small(x, {g.n, g.p}, type) : Tensor();
   {
     Tensor ws = workspace(table, Pass::GateGrads, g, x);
-    run(table, table.gate_grads, GateGradsArgs{g, ptr(gy), ptr(x), ptr(a), ptr(s), mut(ga), mut(gs), mut(ws)},
-        stream, "cbam_fused::kernel::gate_grads");
+    run(table, table.gate_grads,
+        GateGradsArgs{g, ptr(gy), ptr(x), ptr(a), ptr(s), mut(ga), mut(gs), mut(ws), ptr(gy_c)}, stream,
+        "cbam_fused::kernel::gate_grads");
   }
   Tensor u_c, v_c, u_hw, v_hw;
   SpatialGrads sg;
@@ -509,7 +523,8 @@ BackwardResult attention_backward(const PassTable& table, void* stream, const Te
                        ptr(v_hw),
                        channel ? tie_operand(cfg.split, tie_hw, pooled_hw[1]) : no_tie,
                        cfg.split,
-                       mut(gx)};
+                       mut(gx),
+                       ptr(gy_c)};
     run(table, table.input_grad, args, stream, "cbam_fused::kernel::input_grad");
   }
   // gradients in their weight's dtype and shape; empty where a weight is absent

@@ -22,7 +22,7 @@ const std::array<Choices, 6>& choices() {
       {"gate", {"sigmoid", "hard_sigmoid", "keras_hard_sigmoid"}},
       {"spatial_order", {"mean_max", "max_mean"}},
       {"bn", {"none", "train", "eval"}},
-      {"ties", {"index", "split"}},
+      {"ties", {"index", "split", "none"}},
   }};
   return c;
 }
@@ -113,7 +113,8 @@ Config parse_config(c10::string_view channel_kind, c10::string_view channel_pool
                 parse<Order>("spatial_order", "spatial_order", spatial_order),
                 parse<BnMode>("bn", "BatchNorm mode", bn),
                 bn_eps,
-                parse<Ties>("ties", "ties", ties) == Ties::Split};
+                parse<Ties>("ties", "ties", ties) == Ties::Split,
+                parse<Ties>("ties", "ties", ties) != Ties::None};
 }
 
 at::Tensor as_matrix(const at::Tensor& w) { return w.dim() == 4 ? w.view({w.size(0), w.size(1)}) : w; }

@@ -18,7 +18,8 @@ namespace cbam_fused {
 enum class ChannelKind { Mlp, Linear, Conv1d };
 enum class Order { MeanMax, MaxMean };
 enum class BnMode { None, Train, Eval };
-enum class Ties { Index, Split };
+// None: inference, no gradient follows; the forward tracks no tie operand (csrc/attention.cpp).
+enum class Ties { Index, Split, None };
 
 // The parsed configuration (ChannelPools and GateKind are the kernels' numbering, csrc/pass_args.h).
 struct Config {
@@ -29,6 +30,7 @@ struct Config {
   BnMode bn;
   double bn_eps;
   bool split;  // split-style ties (amax), else index-style (torch.max)
+  bool track;  // the forward keeps the tie operand (ties is not "none")
 };
 
 // Allowed values of a string option, by option name, in the order of its enum.

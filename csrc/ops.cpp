@@ -56,8 +56,9 @@ TORCH_LIBRARY(cbam_fused, m) {
   m.def(backward_schema().c_str());
   m.def(check_schema().c_str());
 
-  m.def("pool_hw(Tensor x) -> (Tensor avg, Tensor max, Tensor argmax, Tensor count)");
-  m.def("pool_c(Tensor x, Tensor? a) -> (Tensor mean, Tensor max, Tensor argmax, Tensor count)");
+  // ties=False: argmax and count are neither tracked nor returned (empty), as inference needs
+  m.def("pool_hw(Tensor x, bool ties=True) -> (Tensor avg, Tensor max, Tensor argmax, Tensor count)");
+  m.def("pool_c(Tensor x, Tensor? a, bool ties=True) -> (Tensor mean, Tensor max, Tensor argmax, Tensor count)");
   m.def("apply_gates(Tensor x, Tensor? a, Tensor? s) -> Tensor");
   m.def("gate_grads(Tensor gy, Tensor x, Tensor? a, Tensor? s, bool want_a, bool want_s) -> (Tensor ga, Tensor gs)");
   m.def("pool_c_grad_a(Tensor x, Tensor a, Tensor u, Tensor v, Tensor argmax, Tensor max, bool split) -> Tensor");

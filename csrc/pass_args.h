@@ -73,6 +73,9 @@ struct GateGradsArgs {
   void* ga;       // [N, C] acc or nullptr (not wanted)
   void* gs;       // [N, P] acc or nullptr (not wanted)
   void* workspace;
+  // [N, C] acc or nullptr: the value of a gy that is constant over pixels (stride 0 over H and W, as
+  // from y.sum() or a mean over pixels), read instead of gy; only for a table with reads_gy_c.
+  const void* gy_c;
 };
 
 // How a max pool's gradient is routed: index-style to the first maximum (argmax), split-style to
@@ -111,6 +114,7 @@ struct InputGradArgs {
   TieOperand tie_hw;
   bool split;
   void* gx;
+  const void* gy_c;  // as in GateGradsArgs
 };
 
 // The spatial gate's convolution: out = conv2d([in0, in1], weight, bias, padding = K // 2), one output
@@ -193,6 +197,8 @@ struct PassTable {
   // nullptr where a device has no fused MLP kernels (the orchestration then uses ATen ops)
   int (*channel_mlp)(const ChannelMlpArgs&, void* stream);
   int (*channel_mlp_grad)(const ChannelMlpGradArgs&, void* stream);
+  // gate_grads and input_grad read gy_c where it is set (else the orchestration makes gy contiguous)
+  bool reads_gy_c;
 };
 
 }  // namespace cbam_fused

@@ -214,14 +214,14 @@ class EmuPasses:
         self.lib.cbam_emu_set_reduce_rows(self.rows)  # workspace size and launch use the same tiles
         return torch.empty(int(self.lib.cbam_emu_workspace(pass_id, *geo)), dtype=torch.uint8)
 
-    def _pools(self, x, per_channel, a):
+    def _pools(self, x, per_channel, a, ties):
         geo = _geometry(x)
         n, c, p = geo[2:]
         acc = acc_dtype(x.dtype)
         size = (n, c) if per_channel else (n, p)
         mean, mx = torch.empty(size, dtype=acc), torch.empty(size, dtype=acc)
-        arg, cnt = torch.empty(size, dtype=torch.int32), torch.empty(size, dtype=torch.int32)
-        outs = (mean.data_ptr(), mx.data_ptr(), arg.data_ptr(), cnt.data_ptr())
+        arg, cnt = (torch.empty(size, dtype=torch.int32) if ties else None for _ in range(2))
+        outs = (mean.data_ptr(), mx.data_ptr(), _ptr(arg), _ptr(cnt))  # null pointers without ties
         if per_channel:
             ws = self._ws(POOL_HW, geo)
             rc = self.lib.cbam_emu_pool_hw(*geo, x.data_ptr(), *outs, ws.data_ptr())
@@ -232,11 +232,11 @@ class EmuPasses:
         self._check(rc, "pool_hw" if per_channel else "pool_c")
         return mean, mx, arg, cnt
 
-    def pool_hw(self, x):
-        return self._pools(x, True, None)
+    def pool_hw(self, x, ties=True):
+        return self._pools(x, True, None, ties)
 
-    def pool_c(self, x, a):
-        return self._pools(x, False, a)
+    def pool_c(self, x, a, ties=True):
+        return self._pools(x, False, a, ties)
 
     def apply_gates(self, x, a, s):
         geo = _geometry(x)

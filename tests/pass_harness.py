@@ -173,7 +173,7 @@ class OnDevice:
 
         def call(*args):
             out = fn(*(self._to(a) for a in args))
-            return tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
+            return tuple(o if o is None else o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
 
         return call
 

@@ -132,6 +132,43 @@ def test_fp16_sums_do_not_saturate(backend):
     assert torch.equal(gs, torch.full((1, 576), 120000.0))
 
 
+def _bits(t):
+    """The bit patterns of a float tensor: equal bits, not equal values (-0.0 differs from 0.0)."""
+    return t.view({torch.float64: torch.int64, torch.float32: torch.int32}[t.dtype])
+
+
+# the pass set's reduction paths: short rows, middling ones, rows past the CPU's one-pass length
+NO_TIES_SHAPES = {"cpu": ["odd", "7x7", "wide_c", "threads"], "cudaemu": ["odd", "multi_block"],
+                  "cuda": ["odd", "multi_block"], "triton": ["tiles"]}
+
+
+@pytest.mark.parametrize("kind", ["ties", "nan_inf", "signed_zeros"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pools_without_ties(backend, dtype, layout, kind):
+    """ties=False (inference): argmax and count are None, and the mean and max are bitwise those of
+    the pool that tracks them, signed zeros and NaN included."""
+    passes = pass_set(backend)
+    # NaN and inf are planted across the blocks of shapes with at least 2 x 40 x 6 x 7
+    shapes = NO_TIES_SHAPES[backend] if kind != "nan_inf" else ["tiles"] + (["threads"] if backend == "cpu" else [])
+    for shape in shapes:
+        base = "ties" if kind == "signed_zeros" else kind
+        inp = Inputs(SHAPES[shape], dtype, layout, base)
+        x = inp.x
+        if kind == "signed_zeros":  # maxima that are zeros of both signs, -0.0 first
+            x = x.clamp(max=0.0)
+            x[..., 0, 0] = -0.0
+        for name, run in (("pool_hw", lambda t: passes.pool_hw(x, ties=t)),
+                          ("pool_c", lambda t: passes.pool_c(x, inp.a, ties=t)),
+                          ("pool_c a=None", lambda t: passes.pool_c(x, None, ties=t))):
+            mean, mx, arg, cnt = run(False)
+            assert arg is None and cnt is None, f"{name}: argmax/count returned without ties"
+            want = run(True)
+            for what, got, ref in (("mean", mean, want[0]), ("max", mx, want[1])):
+                assert torch.equal(_bits(got), _bits(ref)), f"{shape} {name} {what}: not bitwise the tracking pool's"
+
+
 # a shape whose reductions span several blocks of the pass set
 DETERMINISM_SHAPE = {"cpu": (3, 40, 37, 41), "cudaemu": (2, 300, 17, 19), "cuda": (2, 300, 17, 19),
                      "triton": SHAPES["tiles"]}

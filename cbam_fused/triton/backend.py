@@ -62,16 +62,19 @@ class TritonPasses:
 
     name = "triton"
 
+    # ties=False (cbam_fused/passes.py): the kernels still track; argmax and count are dropped here
     @_serialized
-    def pool_hw(self, x):
+    def pool_hw(self, x, ties=True):
         _check_big("x", x)
-        return channel.pool_hw(x, acc_dtype(x.dtype))
+        out = channel.pool_hw(x, acc_dtype(x.dtype))
+        return out if ties else (out[0], out[1], None, None)
 
     @_serialized
-    def pool_c(self, x, a):
+    def pool_c(self, x, a, ties=True):
         _check_big("x", x)
         (a,) = _small(x, a=(a, "channel", None))
-        return spatial.pool_c(x, a, acc_dtype(x.dtype))
+        out = spatial.pool_c(x, a, acc_dtype(x.dtype))
+        return out if ties else (out[0], out[1], None, None)
 
     @_serialized
     def apply_gates(self, x, a, s):

@@ -34,7 +34,7 @@ struct PoolHwArgs {
   const void* x;
   void* avg;  // [N,C] acc
   void* max;  // [N,C] acc
-  int32_t* argmax;  // [N,C]
+  int32_t* argmax;  // [N,C], or nullptr with count: not tracked (the untracking kernel variant)
   int32_t* count;  // [N,C]
 };
 
@@ -44,7 +44,7 @@ struct PoolCArgs {
   const void* a;  // [N,C] acc or nullptr
   void* mean;  // [N,P] acc
   void* max;  // [N,P] acc
-  int32_t* argmax;  // [N,P]
+  int32_t* argmax;  // [N,P], or nullptr with count, as in PoolHwArgs
   int32_t* count;  // [N,P]
 };
 
@@ -65,6 +65,7 @@ struct GateGradsArgs {
   void* ga;  // [N,C] acc or nullptr (not wanted)
   void* gs;  // [N,P] acc or nullptr (not wanted)
   void* partials;  // [N, ga_blocks(), C] acc scratch when ga is wanted
+  const void* gy_c;  // [N,C] acc: gy constant over pixels (the kGyC variant reads it, not gy)
 };
 
 struct PoolCGradAArgs {
@@ -93,6 +94,7 @@ struct InputGradArgs {
   const void *u_hw, *v_hw, *argmax_hw, *max_hw;  // [N,C]
   bool split;
   void* gx;  // like gy
+  const void* gy_c;  // as in GateGradsArgs
 };
 
 using PoolHwFn = void (*)(const PoolHwArgs&);
@@ -102,14 +104,15 @@ using GateGradsFn = void (*)(const GateGradsArgs&);
 using PoolCGradAFn = void (*)(const PoolCGradAArgs&);
 using InputGradFn = void (*)(const InputGradArgs&);
 
-// One ISA build's kernels, indexed [dtype][layout].
+// One ISA build's kernels, indexed [dtype][layout]; the pools also by [tracks argmax and count], the
+// passes that read gy by [reads gy_c].
 struct KernelTable {
-  PoolHwFn pool_hw[kNumDTypes][2];
-  PoolCFn pool_c[kNumDTypes][2];
+  PoolHwFn pool_hw[kNumDTypes][2][2];
+  PoolCFn pool_c[kNumDTypes][2][2];
   ApplyGatesFn apply_gates[kNumDTypes][2];
-  GateGradsFn gate_grads[kNumDTypes][2];
+  GateGradsFn gate_grads[kNumDTypes][2][2];  // [..][reads gy_c]
   PoolCGradAFn pool_c_grad_a[kNumDTypes][2];
-  InputGradFn input_grad[kNumDTypes][2];
+  InputGradFn input_grad[kNumDTypes][2][2];  // [..][reads gy_c]
 };
 
 // Pixel blocking of the reductions over pixels that write per-block partial sums of ga (fixed, so

@@ -163,111 +163,128 @@ struct VecArgMax {
   }
 };
 
-// Folds the lanes of a per-lane accumulator into one state (lane order, so deterministic).
+// VecArgMax's maximum alone (inference: no argmax, no count), updated by the same rule, so the max
+// is bitwise the tracking one's.
 template <typename A>
-ArgMax<A> fold_lanes(const VecArgMax<A>& tr) {
-  constexpr int64_t L = Vec<A>::size();
-  alignas(64) A m[L], p[L], c[L];
-  tr.max.store(m);
-  tr.pos.store(p);
-  tr.cnt.store(c);
-  ArgMax<A> out;
-  for (int64_t i = 0; i < L; ++i) out.merge(ArgMax<A>{m[i], p[i], c[i]});
-  return out;
-}
+struct VecMax {
+  Vec<A> max;
+
+  void init(const Vec<A>& v, const Vec<A>&, const Vec<A>& valid) {
+    max = Vec<A>::blendv(Vec<A>(-std::numeric_limits<A>::infinity()), v, valid);
+  }
+
+  template <bool kMasked = false>
+  void update(const Vec<A>& v, const Vec<A>&, const Vec<A>& valid = Vec<A>(0)) {
+    Vec<A> takes = ((v <= max) ^ VecArgMax<A>::all_lanes()) & (max == max);
+    if constexpr (kMasked) takes = takes & valid;
+    max = Vec<A>::blendv(max, v, takes);
+  }
+
+  template <bool kMasked = false>
+  void feed(bool first, const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid = Vec<A>(0)) {
+    if (first) {
+      init(v, at, kMasked ? valid : VecArgMax<A>::all_lanes());
+    } else {
+      update<kMasked>(v, at, valid);
+    }
+  }
+};
+
+// kTrack: the pool keeps argmax and count (training), else the max alone (inference).
+template <typename A, bool kTrack>
+using Tracker = std::conditional_t<kTrack, VecArgMax<A>, VecMax<A>>;
 
 template <typename A>
 Vec<A> lanes_below(int64_t first, int64_t limit) {  // mask of lanes whose position first+i < limit
   return Vec<A>::arange(static_cast<A>(first), 1) < Vec<A>(static_cast<A>(limit));
 }
 
-template <typename A>
+template <bool kTrack, typename A>
 void write_pool(const ArgMax<A>& st, A sum, int64_t len, int64_t i, A* mean, A* max, int32_t* argmax,
                 int32_t* count) {
   mean[i] = sum / static_cast<A>(len);
   max[i] = st.max;
-  argmax[i] = static_cast<int32_t>(st.pos);
-  count[i] = static_cast<int32_t>(st.cnt);
+  if constexpr (kTrack) {
+    argmax[i] = static_cast<int32_t>(st.pos);
+    count[i] = static_cast<int32_t>(st.cnt);
+  }
 }
 
-// Sum and argmax of v[i] = x[i] * scale[i] over a contiguous row (scale == nullptr: x itself). Short
-// rows take two passes: sum and max, then (the row is now in L1) the first position and the count
-// of the max; long rows one pass with per-lane argmax states.
-// Horizontal folds use vec_reduce_all, whose order is fixed.
-template <typename T>
+// Sum and argmax of v[i] = x[i] * scale[i] over a contiguous row (scale == nullptr: x itself), in
+// chunks small enough to stay in L1: a vectorised sum and max over the chunk, then (kTrack only) a
+// second read of the chunk for the first position of its max and the count of it. Chunk states merge
+// in position order (ArgMax::merge), the same way with or without tracking, so the max is bitwise the
+// same; the sum runs in one vector accumulator over the whole row. Horizontal folds use
+// vec_reduce_all, whose order is fixed.
+template <typename T, bool kTrack>
 void reduce_row(const T* x, const acc_t<T>* scale, int64_t len, acc_t<T>& sum, ArgMax<acc_t<T>>& st) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
-  const int64_t full = len - len % L, rest = len % L;
+  constexpr int64_t kChunk = 16384 / static_cast<int64_t>(sizeof(A));  // 16 KB, a multiple of L
   const auto value = [&](int64_t i, int64_t n) {  // lanes past n are 0
     Vec<A> v = n == L ? Io<T>::load(x + i) : Io<T>::load(x + i, n);
     if (scale) v = v * load_small(scale + i, n, L);
     return v;
   };
-  const Vec<A> tail = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
-  if (len >= 64 * L) {  // long row: one pass with a per-lane argmax; its scalar fold is amortised
-    Vec<A> vsum = value(0, L), at = Vec<A>::arange(0, 1);
-    VecArgMax<A> tr;
-    tr.init(vsum, at, VecArgMax<A>::all_lanes());
-    for (int64_t i = L; i < full; i += L) {
-      at = at + Vec<A>(static_cast<A>(L));
+  const auto add = [](const Vec<A>& p, const Vec<A>& q) { return p + q; };
+  const Vec<A> ninf(-std::numeric_limits<A>::infinity());
+  Vec<A> vsum(0);
+  st = ArgMax<A>{};
+  for (int64_t c0 = 0; c0 < len; c0 += kChunk) {
+    const int64_t rest = (std::min(len, c0 + kChunk) - c0) % L;
+    const int64_t full = std::min(len, c0 + kChunk) - rest;
+    const Vec<A> tail = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
+    Vec<A> vmax(ninf);
+    for (int64_t i = c0; i < full; i += L) {
       const Vec<A> v = value(i, L);
       vsum = vsum + v;
-      tr.update(v, at);
+      vmax = at::vec::maximum(vmax, v);  // NaN-propagating
     }
-    at = at + Vec<A>(static_cast<A>(L));
     if (rest) {
       const Vec<A> v = value(full, rest);
       vsum = vsum + v;
-      tr.template update<true>(v, at, tail);
+      vmax = at::vec::maximum(vmax, Vec<A>::blendv(ninf, v, tail));
     }
-    sum = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return p + q; }, vsum);
-    st = fold_lanes(tr);
-    return;
+    ArgMax<A> part{at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return at::vec::maximum(p, q); },
+                                           vmax),
+                   static_cast<A>(c0), 1};
+    if constexpr (kTrack) {
+      const bool nan = std::isnan(part.max);
+      const Vec<A> target(part.max), one(1), none(static_cast<A>(len));
+      Vec<A> vcnt(0), vfirst(none), at = Vec<A>::arange(static_cast<A>(c0), 1);
+      const auto visit = [&](const Vec<A>& v, Vec<A> hit) {
+        hit = hit & (nan ? v.isnan() : v == target);
+        vcnt = vcnt + (hit & one);
+        vfirst = at::vec::minimum(vfirst, Vec<A>::blendv(none, at, hit));
+        at = at + Vec<A>(static_cast<A>(L));
+      };
+      const Vec<A> all = VecArgMax<A>::all_lanes();
+      for (int64_t i = c0; i < full; i += L) visit(value(i, L), all);
+      if (rest) visit(value(full, rest), tail);
+      part.pos = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return at::vec::minimum(p, q); },
+                                         vfirst);
+      part.cnt = nan ? A(1) : at::vec::vec_reduce_all(add, vcnt);
+    }
+    st.merge(part);
   }
-  const Vec<A> ninf(-std::numeric_limits<A>::infinity());
-  Vec<A> vsum(0), vmax(ninf);
-  for (int64_t i = 0; i < full; i += L) {
-    const Vec<A> v = value(i, L);
-    vsum = vsum + v;
-    vmax = at::vec::maximum(vmax, v);  // NaN-propagating
-  }
-  if (rest) {
-    const Vec<A> v = value(full, rest);
-    vsum = vsum + v;
-    vmax = at::vec::maximum(vmax, Vec<A>::blendv(ninf, v, tail));
-  }
-  sum = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return p + q; }, vsum);
-  const A mx = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return at::vec::maximum(p, q); }, vmax);
-  const bool nan = std::isnan(mx);
-  const Vec<A> target(mx), one(1), none(static_cast<A>(len));
-  Vec<A> vcnt(0), vfirst(none), at = Vec<A>::arange(0, 1);
-  const auto visit = [&](const Vec<A>& v, Vec<A> hit) {
-    hit = hit & (nan ? v.isnan() : v == target);
-    vcnt = vcnt + (hit & one);
-    vfirst = at::vec::minimum(vfirst, Vec<A>::blendv(none, at, hit));
-    at = at + Vec<A>(static_cast<A>(L));
-  };
-  const Vec<A> all = Vec<A>(0) == Vec<A>(0);
-  for (int64_t i = 0; i < full; i += L) visit(value(i, L), all);
-  if (rest) visit(value(full, rest), tail);
-  st.max = mx;
-  st.pos = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return at::vec::minimum(p, q); }, vfirst);
-  st.cnt = nan ? A(1) : at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return p + q; }, vcnt);
+  sum = at::vec::vec_reduce_all(add, vsum);
 }
 
 // Writes the pooled results of the first `width` lanes of a lane-per-output accumulator.
-template <typename A>
-void write_lanes(const VecArgMax<A>& tr, const Vec<A>& vsum, int64_t len, int64_t first, int64_t width, A* mean,
+template <typename A, typename Tr>
+void write_lanes(const Tr& tr, const Vec<A>& vsum, int64_t len, int64_t first, int64_t width, A* mean,
                  A* max, int32_t* argmax, int32_t* count) {
   constexpr int64_t L = Vec<A>::size();
-  alignas(64) A s[L], m[L], p[L], c[L];
+  constexpr bool kTrack = std::is_same_v<Tr, VecArgMax<A>>;
+  alignas(64) A s[L], m[L], p[L] = {}, c[L] = {};
   vsum.store(s);
   tr.max.store(m);
-  tr.pos.store(p);
-  tr.cnt.store(c);
+  if constexpr (kTrack) {
+    tr.pos.store(p);
+    tr.cnt.store(c);
+  }
   for (int64_t i = 0; i < width; ++i) {
-    write_pool(ArgMax<A>{m[i], p[i], c[i]}, s[i], len, first + i, mean, max, argmax, count);
+    write_pool<kTrack>(ArgMax<A>{m[i], p[i], c[i]}, s[i], len, first + i, mean, max, argmax, count);
   }
 }
 
@@ -287,14 +304,14 @@ constexpr int64_t kRowTiles = 2;
 // with lanes = rows of a tile: L x L blocks are transposed through an L1 buffer and fed column by
 // column, so each row is reduced in position order and nothing is folded across lanes.
 // v = x * scale[position] (scale == nullptr: x itself). Results go to first_out .. + rows - 1.
-template <typename T>
+template <typename T, bool kTrack>
 void reduce_rows_as_lanes(const T* x, const acc_t<T>* scale, int64_t len, int64_t rows, int64_t first_out,
                           acc_t<T>* mean, acc_t<T>* max, int32_t* argmax, int32_t* count) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
   alignas(64) T tile[kRowTiles][L * L];  // tile[t][j * L + i] = x[row t * L + i, column k + j]
   Vec<A> vsum[kRowTiles];
-  VecArgMax<A> tr[kRowTiles];
+  Tracker<A, kTrack> tr[kRowTiles];
   for (int64_t t = 0; t < kRowTiles; ++t) vsum[t] = Vec<A>(0);
   for (int64_t k = 0; k < len; k += L) {
     const int64_t cols = std::min(L, len - k);
@@ -328,7 +345,7 @@ void reduce_rows_as_lanes(const T* x, const acc_t<T>* scale, int64_t len, int64_
 // Pools every contiguous row of x viewed as [groups, rows_per_group, len] (scale: [groups, len] or
 // nullptr) into [groups * rows_per_group] outputs. Work items are fixed blocks of rows inside one
 // group, so results do not depend on the thread count.
-template <typename T>
+template <typename T, bool kTrack>
 void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_per_group, int64_t len,
                acc_t<T>* mean, acc_t<T>* max, int32_t* argmax, int32_t* count) {
   using A = acc_t<T>;
@@ -340,7 +357,7 @@ void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_p
       for (int64_t item = begin; item < end; ++item) {
         const int64_t g = item / blocks, r0 = (item % blocks) * kRows;
         const int64_t first = g * rows_per_group + r0;
-        reduce_rows_as_lanes<T>(x + first * len, scale ? scale + g * len : nullptr, len,
+        reduce_rows_as_lanes<T, kTrack>(x + first * len, scale ? scale + g * len : nullptr, len,
                                 std::min(kRows, rows_per_group - r0), first, mean, max, argmax, count);
       }
     });
@@ -350,15 +367,15 @@ void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_p
     for (int64_t r = begin; r < end; ++r) {
       A sum;
       ArgMax<A> st;
-      reduce_row<T>(x + r * len, scale ? scale + (r / rows_per_group) * len : nullptr, len, sum, st);
-      write_pool(st, sum, len, r, mean, max, argmax, count);
+      reduce_row<T, kTrack>(x + r * len, scale ? scale + (r / rows_per_group) * len : nullptr, len, sum, st);
+      write_pool<kTrack>(st, sum, len, r, mean, max, argmax, count);
     }
   });
 }
 
 // ------------------------------------------------------------------------------------ pool_hw
-// Reads x once (|x|); writes four [N,C] arrays.
-template <typename T, Layout kLayout>
+// Reads x once (|x|); writes four [N,C] arrays (two without kTrack).
+template <typename T, Layout kLayout, bool kTrack>
 void pool_hw(const PoolHwArgs& args) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
@@ -367,14 +384,14 @@ void pool_hw(const PoolHwArgs& args) {
   A* avg = static_cast<A*>(args.avg);
   A* mx = static_cast<A*>(args.max);
   if constexpr (kLayout == Layout::NCHW) {  // one contiguous row of P pixels per (n, c)
-    pool_rows<T>(x, nullptr, 1, N * C, P, avg, mx, args.argmax, args.count);
+    pool_rows<T, kTrack>(x, nullptr, 1, N * C, P, avg, mx, args.argmax, args.count);
   } else {  // per (n, block of channels): walk the pixels, lanes are channels
     constexpr int64_t kBlock = 256;
     constexpr int64_t kVecs = kBlock / L;
     const int64_t blocks = (C + kBlock - 1) / kBlock;
     at::parallel_for(0, N * blocks, grain_for(P * kBlock), [&](int64_t begin, int64_t end) {
       Vec<A> sums[kVecs];
-      VecArgMax<A> trs[kVecs];
+      Tracker<A, kTrack> trs[kVecs];
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / blocks, c0 = (item % blocks) * kBlock;
         const int64_t width = std::min(kBlock, C - c0);
@@ -405,8 +422,8 @@ void pool_hw(const PoolHwArgs& args) {
 }
 
 // ------------------------------------------------------------------------------------- pool_c
-// Reads x once (|x|); writes four [N,P] arrays. Pools v = acc(x) * a[c] over channels.
-template <typename T, Layout kLayout>
+// Reads x once (|x|); writes four [N,P] arrays (two without kTrack). Pools v = acc(x) * a[c] over channels.
+template <typename T, Layout kLayout, bool kTrack>
 void pool_c(const PoolCArgs& args) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
@@ -422,7 +439,7 @@ void pool_c(const PoolCArgs& args) {
     const int64_t blocks = (P + kBlock - 1) / kBlock;
     at::parallel_for(0, N * blocks, grain_for(C * kBlock), [&](int64_t begin, int64_t end) {
       Vec<A> sums[kVecs];
-      VecArgMax<A> trs[kVecs];
+      Tracker<A, kTrack> trs[kVecs];
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / blocks, p0 = (item % blocks) * kBlock;
         const int64_t width = std::min(kBlock, P - p0);
@@ -453,7 +470,7 @@ void pool_c(const PoolCArgs& args) {
       }
     });
   } else {  // one contiguous row of C channels per (n, p), scaled by a[n]
-    pool_rows<T>(x, a, a ? N : 1, a ? P : N * P, C, mean, mx, args.argmax, args.count);
+    pool_rows<T, kTrack>(x, a, a ? N : 1, a ? P : N * P, C, mean, mx, args.argmax, args.count);
   }
 }
 
@@ -518,14 +535,49 @@ void reduce_partials(const A* partials, A* out, int64_t N, int64_t blocks, int64
   });
 }
 
+// gy where the backward passes read it: the full-size tensor, or (kGyC) gy_c[n,c], the value of a
+// gy that is constant over pixels (y.sum(), a mean over pixels), read in place of a broadcast copy.
+// Lanes past `m` are 0 either way, as a partial load of the full-size gy leaves them.
+template <typename T, bool kGyC>
+struct GyRead {
+  using A = acc_t<T>;
+  static constexpr int64_t L = Vec<A>::size();
+  const T* gy;
+  const A* gy_c;
+
+  // `m` values from element `off` of gy, on a row along which gy_c is constant (its value at `nc`)
+  Vec<A> along_pixels(int64_t off, int64_t nc, int64_t m) const {
+    if constexpr (kGyC) {
+      return m == L ? Vec<A>(gy_c[nc]) : Vec<A>::set(Vec<A>(0), Vec<A>(gy_c[nc]), m);
+    } else {
+      return m == L ? Io<T>::load(gy + off) : Io<T>::load(gy + off, m);
+    }
+  }
+  // `m` values from element `off` of gy, on a row of channels starting at channel index `nc`
+  Vec<A> along_channels(int64_t off, int64_t nc, int64_t m) const {
+    if constexpr (kGyC) {
+      return load_small(gy_c + nc, m, L);
+    } else {
+      return m == L ? Io<T>::load(gy + off) : Io<T>::load(gy + off, m);
+    }
+  }
+  A at(int64_t off, int64_t nc) const {
+    if constexpr (kGyC) {
+      return gy_c[nc];
+    } else {
+      return static_cast<A>(gy[off]);
+    }
+  }
+};
+
 // --------------------------------------------------------------------------------- gate_grads
-// Reads gy and x once (2|x|): ga[n,c] = sum_p gy*x*s, gs[n,p] = sum_c gy*x*a.
-template <typename T, Layout kLayout>
+// Reads gy and x once (2|x|; |x| with kGyC): ga[n,c] = sum_p gy*x*s, gs[n,p] = sum_c gy*x*a.
+template <typename T, Layout kLayout, bool kGyC>
 void gate_grads(const GateGradsArgs& args) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
   const int64_t N = args.shape.n, C = args.shape.c, P = args.shape.p;
-  const T* gy = static_cast<const T*>(args.gy);
+  const GyRead<T, kGyC> gy{static_cast<const T*>(args.gy), static_cast<const A*>(args.gy_c)};
   const T* x = static_cast<const T*>(args.x);
   const A* a = static_cast<const A*>(args.a);
   const A* s = static_cast<const A*>(args.s);
@@ -543,19 +595,37 @@ void gate_grads(const GateGradsArgs& args) {
         const int64_t width = std::min(kBlock, P - p0);
         const int64_t vecs = (width + L - 1) / L;
         for (int64_t j = 0; j < kVecs; ++j) gs_acc[j] = Vec<A>(0);
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t off = (n * C + c) * P + p0;
-          const Vec<A> ac(a ? a[n * C + c] : A(1));
-          Vec<A> ga_acc(0);
+        // kG channels at a time: each pixel vector's gs accumulator and s are loaded once per group,
+        // the group's ga accumulators stay in registers. Every sum keeps its order (gs over channels,
+        // ga over pixels), so the grouping does not change a bit.
+        const auto channels = [&](int64_t c0, auto group) {
+          constexpr int64_t kG = decltype(group)::value;
+          Vec<A> ac[kG], ga_acc[kG];
+          for (int64_t k = 0; k < kG; ++k) {
+            ac[k] = Vec<A>(a ? a[n * C + c0 + k] : A(1));
+            ga_acc[k] = Vec<A>(0);
+          }
           for (int64_t j = 0; j < vecs; ++j) {
             const int64_t m = std::min(L, width - j * L);
-            const Vec<A> g = m == L ? Io<T>::load(gy + off + j * L) * Io<T>::load(x + off + j * L)
-                                    : Io<T>::load(gy + off + j * L, m) * Io<T>::load(x + off + j * L, m);
-            if (gs) gs_acc[j] = gs_acc[j] + (a ? g * ac : g);
-            if (ga) ga_acc = ga_acc + (s ? g * load_small(s + n * P + p0 + j * L, m, L) : g);
+            const Vec<A> sj = s ? load_small(s + n * P + p0 + j * L, m, L) : Vec<A>(1);
+            Vec<A> gsj = gs_acc[j];
+            for (int64_t k = 0; k < kG; ++k) {
+              const int64_t off = (n * C + c0 + k) * P + p0 + j * L;
+              const Vec<A> g = gy.along_pixels(off, n * C + c0 + k, m) *
+                               (m == L ? Io<T>::load(x + off) : Io<T>::load(x + off, m));
+              if (gs) gsj = gsj + (a ? g * ac[k] : g);
+              if (ga) ga_acc[k] = ga_acc[k] + (s ? g * sj : g);
+            }
+            gs_acc[j] = gsj;
           }
-          if (ga) partials[(n * blocks + b) * C + c] = fold_sum(ga_acc);
-        }
+          if (ga) {
+            for (int64_t k = 0; k < kG; ++k) partials[(n * blocks + b) * C + c0 + k] = fold_sum(ga_acc[k]);
+          }
+        };
+        constexpr int64_t kGroup = 4;
+        int64_t c = 0;
+        for (; c + kGroup <= C; c += kGroup) channels(c, std::integral_constant<int64_t, kGroup>{});
+        for (; c < C; ++c) channels(c, std::integral_constant<int64_t, 1>{});
         if (gs) {
           for (int64_t j = 0; j < vecs; ++j) {
             const int64_t m = std::min(L, width - j * L);
@@ -577,8 +647,8 @@ void gate_grads(const GateGradsArgs& args) {
           Vec<A> gs_acc(0);
           for (int64_t c = 0; c < C; c += L) {
             const int64_t m = std::min(L, C - c);
-            const Vec<A> g = m == L ? Io<T>::load(gy + off + c) * Io<T>::load(x + off + c)
-                                    : Io<T>::load(gy + off + c, m) * Io<T>::load(x + off + c, m);
+            const Vec<A> g = gy.along_channels(off + c, n * C + c, m) *
+                             (m == L ? Io<T>::load(x + off + c) : Io<T>::load(x + off + c, m));
             if (gs) gs_acc = gs_acc + (a ? g * load_small(a + n * C + c, m, L) : g);
             if (ga) {
               const Vec<A> sum = load_small(part + c, m, L) + (s ? g * sp : g);
@@ -619,19 +689,25 @@ void pool_c_grad_a(const PoolCGradAArgs& args) {
         const int64_t n = item / blocks, b = item % blocks, p0 = b * kBlock;
         const int64_t width = std::min(kBlock, P - p0);
         const int64_t q = n * P + p0;  // offset of the block in the [N,P] arrays
+        A* part = partials + (n * blocks + b) * C;
         for (int64_t c = 0; c < C; ++c) {
           const T* row = x + (n * C + c) * P + p0;
-          const Vec<A> ac(a[n * C + c]), at(static_cast<A>(c));
+          const Vec<A> ac(a[n * C + c]);
           Vec<A> acc(0);
           for (int64_t i = 0; i < width; i += L) {
             const int64_t m = std::min(L, width - i);
             const Vec<A> xv = m == L ? Io<T>::load(row + i) : Io<T>::load(row + i, m);
-            const Vec<A> tie = split ? (xv * ac) == load_small(mx + q + i, m, L)
-                                     : at == load_small(argmax + q + i, m, L);
-            const Vec<A> w = load_small(u + q + i, m, L) + (tie & one) * load_small(v + q + i, m, L);
+            Vec<A> w = load_small(u + q + i, m, L);
+            if (split) w = w + (((xv * ac) == load_small(mx + q + i, m, L)) & one) * load_small(v + q + i, m, L);
             acc = acc + xv * w;  // padding lanes: x = 0 and w = 0
           }
-          partials[(n * blocks + b) * C + c] = fold_sum(acc);
+          part[c] = fold_sum(acc);
+        }
+        if (!split) {  // index-style: one tied channel per pixel, added after the dense sums
+          for (int64_t i = 0; i < width; ++i) {
+            const auto k = static_cast<int64_t>(argmax[q + i]);
+            part[k] += static_cast<A>(x[(n * C + k) * P + p0 + i]) * v[q + i];
+          }
         }
       }
     });
@@ -678,12 +754,12 @@ A input_grad_element(A gy, A s, A u_c, A v_c, bool tie_c, A a, A u_hw, A v_hw, b
 
 // The whole block with index-style ties (every operand present): the tie that is sparse along a
 // row (one element per row) is left out of the vector loop and that element is rewritten after it.
-template <typename T, Layout kLayout>
+template <typename T, Layout kLayout, bool kGyC>
 void input_grad_index_full(const InputGradArgs& args) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
   const int64_t N = args.shape.n, C = args.shape.c, P = args.shape.p;
-  const T* gy = static_cast<const T*>(args.gy);
+  const GyRead<T, kGyC> gy{static_cast<const T*>(args.gy), static_cast<const A*>(args.gy_c)};
   T* gx = static_cast<T*>(args.gx);
   const auto small = [](const void* p) { return static_cast<const A*>(p); };
   const A *a = small(args.a), *s = small(args.s);
@@ -695,8 +771,8 @@ void input_grad_index_full(const InputGradArgs& args) {
   at::parallel_for(0, kNchw ? N * C : N * P, grain_for(len), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = kNchw ? r / C : r / P;
-      const T* gyr = gy + r * len;
-      T* gxr = gx + r * len;
+      const int64_t row = r * len;
+      T* gxr = gx + row;
       if constexpr (kNchw) {  // row (n, c): per-pixel terms vary along it; the pixel tie is sparse
         const int64_t c = r % C;
         const A* sp = s + n * P;
@@ -704,7 +780,7 @@ void input_grad_index_full(const InputGradArgs& args) {
         const Vec<A> ac(a[r]), uhw(u_hw[r]), at(static_cast<A>(c));
         for (int64_t i = 0; i < len; i += L) {
           const int64_t m = std::min(L, len - i);
-          Vec<A> g = m == L ? Io<T>::load(gyr + i) : Io<T>::load(gyr + i, m);
+          Vec<A> g = gy.along_pixels(row + i, r, m);
           const Vec<A> tie = (at == load_small(kcp + i, m, L)) & one;
           g = g * load_small(sp + i, m, L) + load_small(ucp + i, m, L) + tie * load_small(vcp + i, m, L);
           g = g * ac + uhw;
@@ -715,7 +791,7 @@ void input_grad_index_full(const InputGradArgs& args) {
           }
         }
         const auto p = static_cast<int64_t>(k_hw[r]);
-        gxr[p] = static_cast<T>(input_grad_element<A>(static_cast<A>(gyr[p]), sp[p], ucp[p], vcp[p],
+        gxr[p] = static_cast<T>(input_grad_element<A>(gy.at(row + p, r), sp[p], ucp[p], vcp[p],
                                                       static_cast<int64_t>(kcp[p]) == c, a[r], u_hw[r], v_hw[r], true));
       } else {  // row (n, p): per-channel terms vary along it; the channel tie is sparse
         const int64_t p = r % P;
@@ -723,7 +799,7 @@ void input_grad_index_full(const InputGradArgs& args) {
         const Vec<A> sv(s[r]), uc(u_c[r]), at(static_cast<A>(p));
         for (int64_t i = 0; i < len; i += L) {
           const int64_t m = std::min(L, len - i);
-          Vec<A> g = m == L ? Io<T>::load(gyr + i) : Io<T>::load(gyr + i, m);
+          Vec<A> g = gy.along_channels(row + i, n * C + i, m);
           const Vec<A> tie = (at == load_small(khp + i, m, L)) & one;
           g = (g * sv + uc) * load_small(ap + i, m, L);
           g = g + load_small(uhp + i, m, L) + tie * load_small(vhp + i, m, L);
@@ -734,20 +810,22 @@ void input_grad_index_full(const InputGradArgs& args) {
           }
         }
         const auto c = static_cast<int64_t>(k_c[r]);
-        gxr[c] = static_cast<T>(input_grad_element<A>(static_cast<A>(gyr[c]), s[r], u_c[r], v_c[r], true, ap[c],
+        gxr[c] = static_cast<T>(input_grad_element<A>(gy.at(row + c, n * C + c), s[r], u_c[r], v_c[r], true, ap[c],
                                                       uhp[c], vhp[c], static_cast<int64_t>(khp[c]) == p));
       }
     }
   });
 }
 
-template <typename T, Layout kLayout>
+template <typename T, Layout kLayout, bool kGyC>
 void input_grad(const InputGradArgs& args) {
-  if (!args.split && args.a && args.s && args.u_c && args.u_hw) return input_grad_index_full<T, kLayout>(args);
+  if (!args.split && args.a && args.s && args.u_c && args.u_hw) {
+    return input_grad_index_full<T, kLayout, kGyC>(args);
+  }
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
   const int64_t N = args.shape.n, C = args.shape.c, P = args.shape.p;
-  const T* gy = static_cast<const T*>(args.gy);
+  const GyRead<T, kGyC> gy{static_cast<const T*>(args.gy), static_cast<const A*>(args.gy_c)};
   const T* x = static_cast<const T*>(args.x);
   T* gx = static_cast<T*>(args.gx);
   const auto small = [](const void* p) { return static_cast<const A*>(p); };
@@ -767,8 +845,8 @@ void input_grad(const InputGradArgs& args) {
       // per-pixel terms ([N,P]) the other way round. `lane` loads a lane-varying small array at
       // i, `bcast` broadcasts a row-constant one; `chan`/`pix` pick whichever applies.
       const int64_t chan0 = n * C + row_c, pix0 = n * P + row_p;
-      const T* gyr = gy + r * len;
-      const T* xr = x ? x + r * len : nullptr;
+      const int64_t row = r * len;
+      const T* xr = x ? x + row : nullptr;
       T* gxr = gx + r * len;
       for (int64_t i = 0; i < len; i += L) {
         const int64_t m = std::min(L, len - i);
@@ -780,7 +858,7 @@ void input_grad(const InputGradArgs& args) {
         };
         const Vec<A> at_c = kNchw ? Vec<A>(static_cast<A>(row_c)) : Vec<A>::arange(static_cast<A>(i), 1);
         const Vec<A> at_p = kNchw ? Vec<A>::arange(static_cast<A>(i), 1) : Vec<A>(static_cast<A>(row_p));
-        Vec<A> g = m == L ? Io<T>::load(gyr + i) : Io<T>::load(gyr + i, m);
+        Vec<A> g = kNchw ? gy.along_pixels(row + i, chan0, m) : gy.along_channels(row + i, chan0 + i, m);
         Vec<A> xv(0);
         if (split) xv = m == L ? Io<T>::load(xr + i) : Io<T>::load(xr + i, m);
         if (s) g = g * pix(s);
@@ -808,18 +886,26 @@ template <typename T>
 void fill_dtype(KernelTable& t, DType d) {
   const int i = static_cast<int>(d);
   constexpr int kN = static_cast<int>(Layout::NCHW), kC = static_cast<int>(Layout::NHWC);
-  t.pool_hw[i][kN] = &pool_hw<T, Layout::NCHW>;
-  t.pool_hw[i][kC] = &pool_hw<T, Layout::NHWC>;
-  t.pool_c[i][kN] = &pool_c<T, Layout::NCHW>;
-  t.pool_c[i][kC] = &pool_c<T, Layout::NHWC>;
+  t.pool_hw[i][kN][0] = &pool_hw<T, Layout::NCHW, false>;
+  t.pool_hw[i][kC][0] = &pool_hw<T, Layout::NHWC, false>;
+  t.pool_c[i][kN][0] = &pool_c<T, Layout::NCHW, false>;
+  t.pool_c[i][kC][0] = &pool_c<T, Layout::NHWC, false>;
+  t.pool_hw[i][kN][1] = &pool_hw<T, Layout::NCHW, true>;
+  t.pool_hw[i][kC][1] = &pool_hw<T, Layout::NHWC, true>;
+  t.pool_c[i][kN][1] = &pool_c<T, Layout::NCHW, true>;
+  t.pool_c[i][kC][1] = &pool_c<T, Layout::NHWC, true>;
   t.apply_gates[i][kN] = &apply_gates<T, Layout::NCHW>;
   t.apply_gates[i][kC] = &apply_gates<T, Layout::NHWC>;
-  t.gate_grads[i][kN] = &gate_grads<T, Layout::NCHW>;
-  t.gate_grads[i][kC] = &gate_grads<T, Layout::NHWC>;
+  t.gate_grads[i][kN][0] = &gate_grads<T, Layout::NCHW, false>;
+  t.gate_grads[i][kC][0] = &gate_grads<T, Layout::NHWC, false>;
+  t.gate_grads[i][kN][1] = &gate_grads<T, Layout::NCHW, true>;
+  t.gate_grads[i][kC][1] = &gate_grads<T, Layout::NHWC, true>;
   t.pool_c_grad_a[i][kN] = &pool_c_grad_a<T, Layout::NCHW>;
   t.pool_c_grad_a[i][kC] = &pool_c_grad_a<T, Layout::NHWC>;
-  t.input_grad[i][kN] = &input_grad<T, Layout::NCHW>;
-  t.input_grad[i][kC] = &input_grad<T, Layout::NHWC>;
+  t.input_grad[i][kN][0] = &input_grad<T, Layout::NCHW, false>;
+  t.input_grad[i][kC][0] = &input_grad<T, Layout::NHWC, false>;
+  t.input_grad[i][kN][1] = &input_grad<T, Layout::NCHW, true>;
+  t.input_grad[i][kC][1] = &input_grad<T, Layout::NHWC, true>;
 }
 
 inline void fill_table(KernelTable& t) {

@@ -199,26 +199,33 @@ int d(DType t) { return static_cast<int>(t); }
 int l(Layout t) { return static_cast<int>(t); }
 
 // ------------------------------------------------------------------------------------ the ops
-std::tuple<Tensor, Tensor, Tensor, Tensor> pool_hw(const Tensor& x) {
+// argmax and count: [N, len] int32 with `ties`, else empty (the untracking kernel variant runs).
+std::pair<Tensor, Tensor> tie_outs(const Tensor& x, int64_t len, bool ties) {
+  if (!ties) return {at::empty({0}, x.options().dtype(at::kInt)), at::empty({0}, x.options().dtype(at::kInt))};
+  return {small_out(x, len, at::kInt), small_out(x, len, at::kInt)};
+}
+
+int32_t* ints_if(bool ties, const Tensor& t) { return ties ? t.data_ptr<int32_t>() : nullptr; }
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> pool_hw(const Tensor& x, bool ties) {
   const Big b = check_big(x, "x");
   TORCH_CHECK(b.shape.p > 0, "cbam_fused::pool_hw: x has no pixels to pool over");
   Tensor avg = small_out(x, b.shape.c, acc_of(x)), mx = small_out(x, b.shape.c, acc_of(x));
-  Tensor argmax = small_out(x, b.shape.c, at::kInt), count = small_out(x, b.shape.c, at::kInt);
-  kernels().table.pool_hw[d(b.dtype)][l(b.layout)](PoolHwArgs{b.shape, x.data_ptr(), avg.data_ptr(), mx.data_ptr(),
-                                                               argmax.data_ptr<int32_t>(), count.data_ptr<int32_t>()});
+  auto [argmax, count] = tie_outs(x, b.shape.c, ties);
+  kernels().table.pool_hw[d(b.dtype)][l(b.layout)][ties](PoolHwArgs{
+      b.shape, x.data_ptr(), avg.data_ptr(), mx.data_ptr(), ints_if(ties, argmax), ints_if(ties, count)});
   return {avg, mx, argmax, count};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> pool_c(const Tensor& x, const OptTensor& a) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> pool_c(const Tensor& x, const OptTensor& a, bool ties) {
   const Big b = check_big(x, "x");
   TORCH_CHECK(b.shape.c > 0, "cbam_fused::pool_c: x has no channels to pool over");
   SmallOperands small;
   const void* a_ptr = small.acc(a, "a", x, b.shape.c);
   Tensor mean = small_out(x, b.shape.p, acc_of(x)), mx = small_out(x, b.shape.p, acc_of(x));
-  Tensor argmax = small_out(x, b.shape.p, at::kInt), count = small_out(x, b.shape.p, at::kInt);
-  kernels().table.pool_c[d(b.dtype)][l(b.layout)](PoolCArgs{b.shape, x.data_ptr(), a_ptr, mean.data_ptr(),
-                                                             mx.data_ptr(), argmax.data_ptr<int32_t>(),
-                                                             count.data_ptr<int32_t>()});
+  auto [argmax, count] = tie_outs(x, b.shape.p, ties);
+  kernels().table.pool_c[d(b.dtype)][l(b.layout)][ties](PoolCArgs{
+      b.shape, x.data_ptr(), a_ptr, mean.data_ptr(), mx.data_ptr(), ints_if(ties, argmax), ints_if(ties, count)});
   return {mean, mx, argmax, count};
 }
 
@@ -245,9 +252,9 @@ std::tuple<Tensor, Tensor> gate_grads(const Tensor& gy, const Tensor& x, const O
   Tensor gs = want_s ? small_out(x, b.shape.p, acc) : at::empty({0}, x.options().dtype(acc));
   Tensor partials;
   if (want_a) partials = at::empty({b.shape.n * ga_blocks(b.layout, b.shape.p) * b.shape.c}, x.options().dtype(acc));
-  kernels().table.gate_grads[d(b.dtype)][l(b.layout)](
+  kernels().table.gate_grads[d(b.dtype)][l(b.layout)][0](
       GateGradsArgs{b.shape, gy.data_ptr(), x.data_ptr(), a_ptr, s_ptr, want_a ? ga.data_ptr() : nullptr,
-                    want_s ? gs.data_ptr() : nullptr, want_a ? partials.data_ptr() : nullptr});
+                    want_s ? gs.data_ptr() : nullptr, want_a ? partials.data_ptr() : nullptr, nullptr});
   return {ga, gs};
 }
 
@@ -307,10 +314,11 @@ Tensor input_grad(const Tensor& gy, const OptTensor& x, const OptTensor& a, cons
                      small.positions(argmax_hw, "argmax_hw", gy, C),
                      small.acc(max_hw, "max_hw", gy, C),
                      split,
+                     nullptr,
                      nullptr};
   Tensor gx = empty_like_layout(gy, b.layout);
   args.gx = gx.data_ptr();
-  kernels().table.input_grad[d(b.dtype)][l(b.layout)](args);
+  kernels().table.input_grad[d(b.dtype)][l(b.layout)][0](args);
   return gx;
 }
 

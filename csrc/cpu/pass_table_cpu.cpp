@@ -41,7 +41,8 @@ class Positions {
   std::vector<float> f_;
 };
 
-// Outputs the kernels always write: a scratch array when the caller does not want them.
+// The tracking kernels write both argmax and count: a scratch array for the one the caller does
+// not want. With neither wanted, the untracking variant runs and writes none.
 class IntOut {
  public:
   IntOut(int32_t* out, int64_t count) : out_(out) {
@@ -63,19 +64,21 @@ bool too_large(const Geometry& g) {
 
 int pool_hw(const ::cbam_fused::PoolHwArgs& a, void*) {
   if (too_large(a.g)) return kTooLarge;
-  const int64_t outs = a.g.n * a.g.c;
+  const bool track = a.argmax != nullptr || a.count != nullptr;
+  const int64_t outs = track ? a.g.n * a.g.c : 0;
   IntOut argmax(a.argmax, outs), count(a.count, outs);
-  kernel_table().pool_hw[d(a.g.dtype)][l(a.g.layout)](
-      cpu::PoolHwArgs{shape(a.g), a.x, a.mean, a.max, argmax.get(), count.get()});
+  kernel_table().pool_hw[d(a.g.dtype)][l(a.g.layout)][track](cpu::PoolHwArgs{
+      shape(a.g), a.x, a.mean, a.max, track ? argmax.get() : nullptr, track ? count.get() : nullptr});
   return 0;
 }
 
 int pool_c(const ::cbam_fused::PoolCArgs& a, void*) {
   if (too_large(a.g)) return kTooLarge;
-  const int64_t outs = a.g.n * a.g.p;
+  const bool track = a.argmax != nullptr || a.count != nullptr;
+  const int64_t outs = track ? a.g.n * a.g.p : 0;
   IntOut argmax(a.argmax, outs), count(a.count, outs);
-  kernel_table().pool_c[d(a.g.dtype)][l(a.g.layout)](
-      cpu::PoolCArgs{shape(a.g), a.x, a.a, a.mean, a.max, argmax.get(), count.get()});
+  kernel_table().pool_c[d(a.g.dtype)][l(a.g.layout)][track](cpu::PoolCArgs{
+      shape(a.g), a.x, a.a, a.mean, a.max, track ? argmax.get() : nullptr, track ? count.get() : nullptr});
   return 0;
 }
 
@@ -86,8 +89,8 @@ int apply_gates(const ::cbam_fused::ApplyGatesArgs& a, void*) {
 
 int gate_grads(const ::cbam_fused::GateGradsArgs& a, void*) {
   if (a.ga == nullptr && a.gs == nullptr) return 0;
-  kernel_table().gate_grads[d(a.g.dtype)][l(a.g.layout)](
-      cpu::GateGradsArgs{shape(a.g), a.gy, a.x, a.a, a.s, a.ga, a.gs, a.ga != nullptr ? a.workspace : nullptr});
+  kernel_table().gate_grads[d(a.g.dtype)][l(a.g.layout)][a.gy_c != nullptr](cpu::GateGradsArgs{
+      shape(a.g), a.gy, a.x, a.a, a.s, a.ga, a.gs, a.ga != nullptr ? a.workspace : nullptr, a.gy_c});
   return 0;
 }
 
@@ -103,9 +106,9 @@ int input_grad(const ::cbam_fused::InputGradArgs& a, void*) {
   const bool f64 = a.g.dtype == DType::F64;
   Positions pos_c(a.u_c != nullptr ? a.tie_c.argmax : nullptr, a.g.n * a.g.p, f64);
   Positions pos_hw(a.u_hw != nullptr ? a.tie_hw.argmax : nullptr, a.g.n * a.g.c, f64);
-  kernel_table().input_grad[d(a.g.dtype)][l(a.g.layout)](
+  kernel_table().input_grad[d(a.g.dtype)][l(a.g.layout)][a.gy_c != nullptr](
       cpu::InputGradArgs{shape(a.g), a.gy, a.x, a.a, a.s, a.u_c, a.v_c, pos_c.get(), a.tie_c.max, a.u_hw, a.v_hw,
-                         pos_hw.get(), a.tie_hw.max, a.split, a.gx});
+                         pos_hw.get(), a.tie_hw.max, a.split, a.gx, a.gy_c});
   return 0;
 }
 
@@ -131,7 +134,7 @@ const PassTable& cpu_pass_table() {
   static const PassTable table{pool_hw,          pool_c,           apply_gates,     gate_grads,
                                pool_c_grad_a,    input_grad,       spatial_conv_cpu, spatial_conv_grad_cpu,
                                workspace_bytes, spatial_conv_grad_workspace_cpu, error_string,
-                               channel_mlp_cpu, channel_mlp_grad_cpu};
+                               channel_mlp_cpu, channel_mlp_grad_cpu, /*reads_gy_c=*/true};
   return table;
 }
 

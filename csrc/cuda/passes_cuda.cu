@@ -87,27 +87,36 @@ Tensor workspace(const Tensor& x, Pass pass, const Geometry& g) {
   return at::empty({static_cast<int64_t>(passes().workspace_bytes(pass, g))}, x.options().dtype(at::kByte));
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> pool(const Tensor& x, const OptTensor& a_opt, bool per_channel) {
+// ties=false: no argmax or count (empty tensors; the launchers take nullptr for both)
+std::tuple<Tensor, Tensor, Tensor, Tensor> pool(const Tensor& x, const OptTensor& a_opt, bool per_channel, bool ties) {
   const char* op = per_channel ? "pool_hw" : "pool_c";
   const Geometry g = geometry(x, op, "x");
   const c10::cuda::CUDAGuard guard(x.device());
   const Tensor a = per_channel ? Tensor() : small_opt(a_opt, x, g.n, g.c, op, "a");
   const auto acc = x.options().dtype(acc_type(x.scalar_type()));
   const std::vector<int64_t> size{g.n, per_channel ? g.c : g.p};
+  const std::vector<int64_t> tie_size = ties ? size : std::vector<int64_t>{0};
   Tensor mean = at::empty(size, acc), max = at::empty(size, acc);
-  Tensor arg = at::empty(size, x.options().dtype(at::kInt)), count = at::empty(size, x.options().dtype(at::kInt));
+  Tensor arg = at::empty(tie_size, x.options().dtype(at::kInt));
+  Tensor count = at::empty(tie_size, x.options().dtype(at::kInt));
+  int32_t* arg_ptr = ties ? iptr(arg) : nullptr;
+  int32_t* count_ptr = ties ? iptr(count) : nullptr;
   Tensor ws = workspace(x, per_channel ? Pass::PoolHw : Pass::PoolC, g);
-  const int e = per_channel ? passes().pool_hw({g, x.data_ptr(), ptr(mean), ptr(max), iptr(arg), iptr(count),
+  const int e = per_channel ? passes().pool_hw({g, x.data_ptr(), ptr(mean), ptr(max), arg_ptr, count_ptr,
                                                 ws.data_ptr()}, stream())
-                            : passes().pool_c({g, x.data_ptr(), ptr(a), ptr(mean), ptr(max), iptr(arg),
-                                               iptr(count), ws.data_ptr()}, stream());
+                            : passes().pool_c({g, x.data_ptr(), ptr(a), ptr(mean), ptr(max), arg_ptr,
+                                               count_ptr, ws.data_ptr()}, stream());
   check(e, op);
   return {mean, max, arg, count};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> pool_hw(const Tensor& x) { return pool(x, std::nullopt, true); }
+std::tuple<Tensor, Tensor, Tensor, Tensor> pool_hw(const Tensor& x, bool ties) {
+  return pool(x, std::nullopt, true, ties);
+}
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> pool_c(const Tensor& x, const OptTensor& a) { return pool(x, a, false); }
+std::tuple<Tensor, Tensor, Tensor, Tensor> pool_c(const Tensor& x, const OptTensor& a, bool ties) {
+  return pool(x, a, false, ties);
+}
 
 Tensor apply_gates(const Tensor& x, const OptTensor& a_opt, const OptTensor& s_opt) {
   const Geometry g = geometry(x, "apply_gates", "x");
