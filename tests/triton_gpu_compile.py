@@ -26,16 +26,16 @@ TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp
 # pointer arguments by role: "big" has x's dtype, "acc" the accumulation dtype, "i32" indices/counts
 KERNELS = {
     "pool_hw_tiles": (channel._pool_hw_tiles, dict(x_ptr="big", sum_ptr="acc", max_ptr="acc", idx_ptr="i32",
-                                                   count_ptr="i32"), [{}]),
+                                                   count_ptr="i32"), [dict(TRACK=True), dict(TRACK=False)]),
     "fold_pool_partials": (channel._fold_pool_partials, dict(
         sum_ptr="acc", max_ptr="acc", idx_ptr="i32", count_ptr="i32", avg_ptr="acc", out_max_ptr="acc",
-        out_idx_ptr="i32", out_count_ptr="i32"), [dict(BLOCK_R=16, BLOCK_T=16)]),
+        out_idx_ptr="i32", out_count_ptr="i32"), [dict(BLOCK_R=16, BLOCK_T=16, TRACK=t) for t in (True, False)]),
     "pool_c_grad_a_tiles": (channel._pool_c_grad_a_tiles, dict(
         x_ptr="big", a_ptr="acc", u_ptr="acc", v_ptr="acc", argmax_ptr="i32", max_ptr="acc", out_ptr="acc"),
         [dict(HAS_A=a, SPLIT=s) for a, s in itertools.product((True, False), repeat=2)]),
-    "pool_c": (spatial._pool_c_kernel, dict(x_ptr="big", a_ptr="acc", mean_ptr="acc", max_ptr="acc",
+    "pool_c": (spatial._pool_c_kernel, dict(x_ptr="big", a_ptr="acc", sum_ptr="acc", max_ptr="acc",
                                             idx_ptr="i32", count_ptr="i32"),
-               [dict(HAS_A=True), dict(HAS_A=False)]),
+               [dict(HAS_A=True, TRACK=True), dict(HAS_A=False, TRACK=True), dict(HAS_A=True, TRACK=False)]),
     "gate_grads": (spatial._gate_grads_kernel, dict(gy_ptr="big", x_ptr="big", a_ptr="acc", s_ptr="acc",
                                                     ga_part_ptr="acc", gs_ptr="acc"),
                    [dict(WANT_A=wa, WANT_S=ws, HAS_A=ha, HAS_S=hs)
@@ -61,7 +61,8 @@ def compile_variant(kernel, pointers, flags, dtype):
     constexprs = dict(config, **flags)
     if "IS_FP64" in kernel.arg_names:
         constexprs["IS_FP64"] = dtype == "float64"
-    for name, value in (("BLOCK_P", common.BLOCK_P), ("TILES_PER_PROGRAM", common.TILES_PER_PROGRAM)):
+    for name, value in (("BLOCK_P", common.BLOCK_P), ("TILES_PER_PROGRAM", common.TILES_PER_PROGRAM),
+                        ("STEP_C", common.STEP_C)):
         if name in kernel.arg_names and name not in constexprs:
             constexprs[name] = value
     signature = {}

@@ -63,8 +63,10 @@ def main():
         return aot_module_simplified(gm, example_inputs, fw_compiler=stop, bw_compiler=stop,
                                      partition_fn=partition)
 
-    block = cf.CBAM(32, backend="triton")
-    x = torch.randn(2, 32, 7, 9, requires_grad=True)
+    # 64 channels at batch 2: the pool over channels splits them over two programs per pixel tile
+    # (cbam_fused/triton/common.py, channel_split), so its partials are folded by a second kernel
+    block = cf.CBAM(64, backend="triton")
+    x = torch.randn(2, 64, 7, 9, requires_grad=True)
     fn = torch.compile(block, backend=backend, fullgraph=True)
     try:
         fn(x).sum().backward()

@@ -1,4 +1,5 @@
 """``TritonPasses``: the pass contract of cbam_fused.passes on Triton kernels."""
+import contextlib
 import functools
 import threading
 
@@ -19,11 +20,20 @@ _LAUNCH_LOCK = threading.RLock()
 
 
 def _serialized(method):
+    """One launch at a time, on the device of the pass's first tensor argument."""
     @functools.wraps(method)
-    def run(*args, **kwargs):
-        with _LAUNCH_LOCK:
-            return method(*args, **kwargs)
+    def run(self, first, *args, **kwargs):
+        with _LAUNCH_LOCK, launch_device(first):
+            return method(self, first, *args, **kwargs)
     return run
+
+
+def launch_device(t):
+    """A guard that makes t's GPU the current device: Triton launches on the current device, so a
+    tensor on another GPU would otherwise be read by a kernel on the wrong one."""
+    if isinstance(t, Tensor) and t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
 def _check_big(name: str, t: Tensor) -> None:
@@ -62,19 +72,18 @@ class TritonPasses:
 
     name = "triton"
 
-    # ties=False (cbam_fused/passes.py): the kernels still track; argmax and count are dropped here
+    # ties=False (cbam_fused/passes.py): argmax and count are neither tracked nor written, and come back as None;
+    # mean and max are bitwise those of ties=True
     @_serialized
     def pool_hw(self, x, ties=True):
         _check_big("x", x)
-        out = channel.pool_hw(x, acc_dtype(x.dtype))
-        return out if ties else (out[0], out[1], None, None)
+        return channel.pool_hw(x, acc_dtype(x.dtype), bool(ties))
 
     @_serialized
     def pool_c(self, x, a, ties=True):
         _check_big("x", x)
         (a,) = _small(x, a=(a, "channel", None))
-        out = spatial.pool_c(x, a, acc_dtype(x.dtype))
-        return out if ties else (out[0], out[1], None, None)
+        return spatial.pool_c(x, a, acc_dtype(x.dtype), bool(ties))
 
     @_serialized
     def apply_gates(self, x, a, s):
