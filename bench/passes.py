@@ -21,12 +21,12 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-import traceback
 
 import torch
 
 from . import budget
 from .measure import device_kernel_times, time_interleaved
+from .runner import dtype_name, record_error
 
 # Per-pass targets: at most 1.5x its yardstick (CPU and GPU); on a GPU, for tensors larger than the L2
 # cache, at least 70% of the device-to-device copy_ bandwidth.
@@ -117,7 +117,7 @@ def run_case(device: torch.device, backends: list[str], dtype: torch.dtype, layo
     x = torch.randn(shape, generator=gen, dtype=dtype).to(device).contiguous(memory_format=LAYOUTS[layout])
     gy = torch.randn(shape, generator=gen, dtype=dtype).to(device).contiguous(memory_format=LAYOUTS[layout])
     x_bytes = x.numel() * x.element_size()
-    base = {"dtype": str(dtype).removeprefix("torch."), "layout": layout, "shape": list(shape), "x_bytes": x_bytes}
+    base = {"dtype": dtype_name(dtype), "layout": layout, "shape": list(shape), "x_bytes": x_bytes}
     rows, calls = {}, {}
     for name, fn in yardstick_calls(x, gy).items():
         rows[f"yardstick:{name}"] = {**base, "kind": "yardstick", "name": name,
@@ -129,7 +129,7 @@ def run_case(device: torch.device, backends: list[str], dtype: torch.dtype, layo
             with torch.no_grad():
                 fns = pass_calls(passes, x, gy, _operands(passes, x, gen))
         except Exception as e:  # a backend that cannot run here is reported; the others are still timed
-            _record_error(rows.setdefault(f"{backend}:*", {**base, "kind": "pass", "backend": backend, "name": "*"}), e)
+            record_error(rows.setdefault(f"{backend}:*", {**base, "kind": "pass", "backend": backend, "name": "*"}), e)
             continue
         for name, fn in fns.items():
             key = f"{backend}:{name}"
@@ -140,9 +140,14 @@ def run_case(device: torch.device, backends: list[str], dtype: torch.dtype, layo
                     fn()  # a pass that fails is reported, not timed
                 calls[key] = fn
             except Exception as e:
-                _record_error(rows[key], e)
+                record_error(rows[key], e)
     with torch.no_grad():
-        timings = time_interleaved(calls, device, repeats, warmup)
+        try:
+            timings = time_interleaved(calls, device, repeats, warmup)
+        except Exception as e:  # a call that fails only when repeated: the case is reported, the run goes on
+            for key in calls:
+                record_error(rows[key], e)
+            return list(rows.values())
         kernel = {}
         try:
             kernel = device_kernel_times(calls, device)
@@ -157,11 +162,6 @@ def run_case(device: torch.device, backends: list[str], dtype: torch.dtype, layo
             r.update(kernel_s=kernel[key], kernel_gbps=r["bytes"] / kernel[key] / 1e9)
     _derive(list(rows.values()), copy_gbps, _l2_bytes(device))
     return list(rows.values())
-
-
-def _record_error(row: dict, e: Exception) -> None:
-    row["error"] = f"{type(e).__name__}: {e}"
-    row["traceback"] = traceback.format_exc(limit=4)
 
 
 def _derive(rows: list[dict], copy_gbps: float | None, l2_bytes: int | None) -> None:
@@ -232,7 +232,7 @@ def main(args, device: torch.device, backends: list[str], dtypes: list[torch.dty
         "schema": 1, "kind": "passes",
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "argv": list(args.argv), "machine": info,
-        "config": {"device": str(device), "backends": backends, "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
+        "config": {"device": str(device), "backends": backends, "dtypes": [dtype_name(d) for d in dtypes],
                    "layouts": layouts, "shapes": [list(s) for s in shapes], "repeats": repeats, "warmup": warmup,
                    "ties": "index", "l2_bytes": _l2_bytes(device), "targets": TARGETS,
                    "timer": "cuda events (+ profiler busy time)" if device.type == "cuda"
@@ -245,7 +245,7 @@ def main(args, device: torch.device, backends: list[str], dtypes: list[torch.dty
             for shape in shapes:
                 rows = run_case(device, backends, dtype, layout, shape, repeats, warmup, copy and copy["gbps"])
                 result["rows"] += rows
-                console.print(f"done {str(dtype).removeprefix('torch.')} {layout} {'x'.join(map(str, shape))}")
+                console.print(f"done {dtype_name(dtype)} {layout} {'x'.join(map(str, shape))}")
                 report.write_json(result, args.out, "passes.json")  # an interrupted run keeps what it measured
     info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["target_summary"] = target_summary(result["rows"])

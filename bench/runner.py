@@ -138,7 +138,7 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
             try:
                 ready[impl.name] = _prepare(impl, ref, cfg, x, gy, mode, c, row)
             except Exception as e:  # a broken backend is reported, the sweep goes on
-                _record_error(row, e)
+                record_error(row, e)
             cfg.compile_spent_s += row.get("compile_s", 0.0)
         _compare_outputs(mode_rows, ready)
         try:
@@ -148,7 +148,7 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
         except Exception as e:
             for row in mode_rows:
                 if row["impl"] in ready:
-                    _record_error(row, e)
+                    record_error(row, e)
             timings = {}
         for row in mode_rows:
             if row["impl"] in timings:
@@ -162,7 +162,7 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
     return base, rows
 
 
-def _record_error(row: dict, e: Exception) -> None:
+def record_error(row: dict, e: Exception) -> None:
     row["error"] = f"{type(e).__name__}: {e}"
     row["traceback"] = traceback.format_exc(limit=4)
 

@@ -167,7 +167,8 @@ while IFS='|' read -r name box what; do
 done <<<"$PLAN"
 
 "$PY" -m bench.gpu_summary "$OUT" >"$OUT/summary.log" 2>&1 || echo "[gpu_check] the summary failed: see summary.log"
-echo "[gpu_check] done in $(( $(date +%s) - START )) s; summary: $OUT/summary.md"
+[ -f "$OUT/summary.md" ] && cat "$OUT/summary.md"
+echo "[gpu_check] done in $(( $(date +%s) - START )) s; summary: $OUT/summary.md (to bring OUTDIR back as one file: tar czf gpu_check.tgz -C $OUT .)"
 # success means every phase ran to its end and passed
 if grep -v '"status": "ok"' "$OUT/phases.jsonl" | grep -q .; then exit 1; fi
 exit 0

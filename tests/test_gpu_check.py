@@ -109,3 +109,62 @@ def test_without_torch_it_says_so(tmp_path):
 def test_usage(argv):
     proc = _bash(SCRIPT, *argv)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+# A stand-in for the GPU machine's python: says a GPU is there, "builds", and runs each phase's
+# command as the scenario asks (exit code, or a sleep that outlasts its box), logging its arguments.
+STUB = r"""#!/usr/bin/env bash
+echo "$*" >>"$STUB_LOG"
+case "$*" in
+  "-") exit 0 ;;                                          # preflight: a GPU is there
+  "- "*) exit "${STUB_BUILD_RC:-0}" ;;                    # the build's check of its record
+  "-c import xdist") exit 1 ;;
+  *"setup.py"*) exit 0 ;;
+  *"bench.gpu_summary"*) echo "# GPU check (stub)" >"$3/summary.md"; exit 0 ;;
+  *"--mode passes"*) sleep "${STUB_PASSES_SLEEP:-0}"; exit 0 ;;
+  *"-m pytest"*"--ignore"*) exit 1 ;;                     # tests_all: a test fails
+  *) exit 0 ;;
+esac
+"""
+
+
+def _stub_run(tmp_path, **env):
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    (root / "scripts" / "gpu_check.sh").write_text(open(SCRIPT).read())
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    out, log = tmp_path / "out", tmp_path / "stub.log"
+    proc = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh"), str(out)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHON": str(stub), "STUB_LOG": str(log),
+                                            "GPU_CHECK_ARCH": "9.0", "GPU_CHECK_MIN_S": "2", **env})
+    import json
+
+    phases = [json.loads(line) for line in (out / "phases.jsonl").read_text().splitlines()]
+    return proc, {p["phase"]: p for p in phases}, log.read_text()
+
+
+def test_phases_run_in_order_and_a_phase_past_its_box_is_stopped(tmp_path):
+    proc, phases, log = _stub_run(tmp_path, GPU_CHECK_PASSES_S="3", STUB_PASSES_SLEEP="60")
+    assert list(phases) == ORDER
+    status = {name: p["status"] for name, p in phases.items()}
+    assert status == {"build": "ok", "tests_core": "ok", "tests_all": "failed", "passes": "timeout",
+                      "blocks_nchw": "ok", "blocks_cl": "ok"}
+    assert phases["passes"]["box_s"] == 3 and phases["passes"]["seconds"] < 30
+    assert proc.returncode == 1  # not every phase passed
+    assert "# GPU check (stub)" in proc.stdout  # the summary, written and printed last
+    assert "--compile-budget 37" in log  # blocks_nchw: half of its 75 s box
+
+
+def test_a_failed_build_skips_the_rest(tmp_path):
+    proc, phases, _ = _stub_run(tmp_path, STUB_BUILD_RC="1")
+    assert phases["build"]["status"] == "failed" and proc.returncode == 1
+    assert all(phases[name]["status"].startswith("skipped: the build failed") for name in ORDER[1:])
+
+
+def test_phases_share_the_total(tmp_path):
+    proc, phases, _ = _stub_run(tmp_path, GPU_CHECK_TOTAL_S="8", STUB_PASSES_SLEEP="60")
+    assert phases["passes"]["status"] == "timeout" and phases["passes"]["box_s"] <= 8
+    assert phases["blocks_nchw"]["status"].startswith("skipped:") and "left of the total" in phases["blocks_nchw"]["status"]
+    assert proc.returncode == 1
