@@ -26,7 +26,6 @@ import torch
 
 from . import budget
 from .measure import device_kernel_times, time_interleaved
-from .runner import dtype_name, record_error
 
 # Per-pass targets: at most 1.5x its yardstick (CPU and GPU); on a GPU, for tensors larger than the L2
 # cache, at least 70% of the device-to-device copy_ bandwidth.
@@ -112,6 +111,8 @@ def run_case(device: torch.device, backends: list[str], dtype: torch.dtype, layo
              warmup: int, copy_gbps: float | None, seed: int = 0) -> list[dict]:
     """Every pass of every backend and the yardsticks at one (dtype, layout, shape), interleaved."""
     from cbam_fused.backends import passes_for
+
+    from .runner import dtype_name, record_error
 
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen, dtype=dtype).to(device).contiguous(memory_format=LAYOUTS[layout])
@@ -217,6 +218,7 @@ def main(args, device: torch.device, backends: list[str], dtypes: list[torch.dty
     from rich.console import Console
 
     from . import machine, report
+    from .runner import dtype_name
 
     console = Console() if sys.stdout.isatty() else Console(width=170)
     info = machine.describe(device)

@@ -13,8 +13,8 @@
 # phase stopped at its box (or a machine taken back) still leaves what it measured. A phase whose box
 # would start below GPU_CHECK_MIN_S is skipped; a failed build skips everything after it.
 #
-# OUTDIR receives: phases.jsonl (one line per phase: status, exit code, seconds), <phase>.log,
-# tests-*.xml (JUnit) and tests-*.txt, passes/ (passes.json, passes.md), blocks-*/ (results.json,
+# OUTDIR receives: phases.jsonl (one line per phase: status, exit code, seconds), <phase>.log (the
+# tests' text output among them), tests_*.xml (JUnit), passes/ (passes.json, passes.md), blocks_*/ (results.json,
 # results.md), and summary.md, written last from all of them (python -m bench.gpu_summary OUTDIR).
 #
 # Environment: PYTHON, GPU_CHECK_TOTAL_S (default 290), GPU_CHECK_<PHASE>_S (a phase's box, e.g.
@@ -161,9 +161,8 @@ while IFS='|' read -r name box what; do
   record "$name" "$status" "$rc" "$secs" "$BOX"
   if [ "$name" = build ] && [ "$status" != ok ]; then
     tail -n 20 "$OUT/$name.log" >&2
-    BLOCKED="the build failed (see build.log)"
+    BLOCKED="the build did not succeed (see build.log)"
   fi
-  if [ "$name" = tests_core ] || [ "$name" = tests_all ]; then cp "$OUT/$name.log" "$OUT/$name.txt"; fi
 done <<<"$PLAN"
 
 "$PY" -m bench.gpu_summary "$OUT" >"$OUT/summary.log" 2>&1 || echo "[gpu_check] the summary failed: see summary.log"

@@ -142,3 +142,11 @@ def test_compile_budget_stops_compiling(tmp_path):
 def test_bad_options_fail_clearly(argv, message):
     with pytest.raises(SystemExit, match=message):
         main(["--device", "cpu", "--shapes", "tiny", *argv])
+
+
+def test_gpu_summary_works_without_the_extension():
+    """The summary is written even after a failed build, when cbam_fused does not import."""
+    code = "import sys, bench.gpu_summary; assert 'cbam_fused' not in sys.modules, sorted(sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -160,7 +160,7 @@ def test_phases_run_in_order_and_a_phase_past_its_box_is_stopped(tmp_path):
 def test_a_failed_build_skips_the_rest(tmp_path):
     proc, phases, _ = _stub_run(tmp_path, STUB_BUILD_RC="1")
     assert phases["build"]["status"] == "failed" and proc.returncode == 1
-    assert all(phases[name]["status"].startswith("skipped: the build failed") for name in ORDER[1:])
+    assert all(phases[name]["status"].startswith("skipped: the build did not succeed") for name in ORDER[1:])
 
 
 def test_phases_share_the_total(tmp_path):
