@@ -150,3 +150,46 @@ def test_gpu_summary_works_without_the_extension():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_gpu_columns_render(run, tmp_path):
+    """The GPU-only fields (copy_ ceiling, profiler busy time, the copy target above L2) on the CPU run's rows:
+    the fractions follow from the bytes and times, and the tables and the summary render them."""
+    import copy
+    import io
+
+    from rich.console import Console
+
+    from bench import passes, report
+
+    _, result, _, _ = run
+    result = copy.deepcopy(result)
+    copy_gbps = 1000.0
+    result["peak_copy"] = {"bytes": 2 << 30, "time_s": (2 << 30) / copy_gbps / 1e9, "iqr_s": 0.0, "gbps": copy_gbps}
+    rows = result["rows"]
+    for r in rows:
+        r["kernel_s"] = r["time_s"] / 2  # as if half of each call were launch gaps
+        r["kernel_gbps"] = r["bytes"] / r["kernel_s"] / 1e9
+    l2 = min(r["x_bytes"] for r in rows)  # the smaller shape fits, the larger does not
+    passes._derive(rows, copy_gbps, l2)
+    for r in rows:
+        assert r["copy_fraction"] == pytest.approx(r["bytes"] / r["time_s"] / 1e9 / copy_gbps)
+        assert r["kernel_copy_fraction"] == pytest.approx(2 * r["copy_fraction"])
+        if r["kind"] == "pass":
+            assert ("copy" in r["targets"]) == (r["x_bytes"] > l2)
+            if "copy" in r["targets"]:
+                assert r["targets"]["copy"] == (r["kernel_copy_fraction"] >= 0.7)
+    result["target_summary"] = passes.target_summary(rows)
+    console = Console(file=io.StringIO(), width=250)
+    report.print_passes(console, result)
+    text = console.file.getvalue()
+    assert "% copy_" in text and "kernel GB/s" in text and "1 GiB device-to-device copy_" in text
+    markdown = report.passes_markdown(result)
+    assert "| kernel us |" in markdown
+    (tmp_path / "passes").mkdir()
+    (tmp_path / "passes" / "passes.json").write_text(json.dumps(result))
+    gpu_summary.write(str(tmp_path))
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"1 GiB device-to-device copy_: {copy_gbps:.0f} GB/s." in summary
+    line = next(line for line in summary.splitlines() if line.startswith("| cpu:gate_grads |"))
+    assert line.count("%") == len(TINY)
