@@ -37,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtypes", default="float32", help="comma list of float32, bfloat16, float16, float64 "
                                                        "(default: %(default)s)")
     p.add_argument("--modes", default=",".join(MODES), help="comma list of %s (default: both)" % ", ".join(MODES))
-    p.add_argument("--mode", choices=("sweep", "host"), default="sweep",
+    p.add_argument("--mode", choices=("sweep", "host", "passes"), default="sweep",
                    help="sweep: the kernel benchmark; host: the fused block's host time and launch counts "
-                        "against eager at a tiny shape on the CPU, one thread (default: %(default)s)")
+                        "against eager at a tiny shape on the CPU, one thread; passes: each full-size pass of "
+                        "each fused backend against a plain pass moving the same bytes (default: %(default)s)")
     p.add_argument("--shapes", default="default",
                    help="comma list of shape sets (%s, default = %s) or literal NxCxHxW shapes "
                         "(default: %%(default)s)" % (", ".join(shape_sets.SHAPE_SETS),
@@ -54,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "the fastest of them: %s; all = every one (default: %%(default)s)"
                         % "; ".join(f"{k} ({f.summary})" for k, f in FORMULATIONS.items()))
     p.add_argument("--quick", action="store_true", help="smoke run: the tiny shape set and few repeats")
-    p.add_argument("--channels-last", action="store_true", help="x in channels_last layout")
+    p.add_argument("--channels-last", action="store_true", help="x in channels_last layout (= --layouts channels_last)")
+    p.add_argument("--layouts", default=None,
+                   help="comma list of nchw, channels_last (default: nchw); the sweep takes one, --mode passes "
+                        "any")
+    p.add_argument("--compile-budget", type=float, default=None, metavar="SECONDS",
+                   help="sweep: once the first calls of the compiled contestants (their compiles) have taken "
+                        "this long in all, the remaining cases run without torch.compile (default: no limit)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
@@ -126,6 +133,22 @@ def resolve_formulations(text: str) -> list[str]:
     return out
 
 
+def resolve_layouts(args) -> list[str]:
+    from .passes import LAYOUTS
+
+    if args.layouts is None:
+        return ["channels_last" if args.channels_last else "nchw"]
+    out = []
+    for name in _csv(args.layouts):
+        if name not in LAYOUTS:
+            raise SystemExit(f"error: unknown layout {name!r}; expected {', '.join(LAYOUTS)}")
+        if name not in out:
+            out.append(name)
+    if not out or (args.channels_last and out != ["channels_last"]):
+        raise SystemExit("error: --layouts is empty or contradicts --channels-last")
+    return out
+
+
 def resolve_modes(text: str) -> list[str]:
     modes = _csv(text)
     for m in modes:
@@ -179,11 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     if repeats < 1 or warmup < 0:
         raise SystemExit("error: --repeats must be >= 1 and --warmup >= 0")
+    layouts = resolve_layouts(args)
+    if args.mode == "passes":
+        from . import passes
+
+        args.argv = sys.argv[1:] if argv is None else list(argv)
+        return passes.main(args, device, resolve_backends(args.backends, device), resolve_dtypes(args.dtypes),
+                           layouts, shapes, repeats, warmup)
+    if len(layouts) != 1:
+        raise SystemExit("error: the sweep runs one layout per run; --layouts takes several with --mode passes")
+    if args.compile_budget is not None and args.compile_budget < 0:
+        raise SystemExit("error: --compile-budget must be >= 0")
     cfg = Config(device=device, backends=resolve_backends(args.backends, device),
                  dtypes=resolve_dtypes(args.dtypes), modes=resolve_modes(args.modes), shapes=shapes,
                  repeats=repeats, warmup=warmup, compile=not args.no_compile,
                  compile_formulations=resolve_formulations(args.compile_formulations),
-                 channels_last=args.channels_last)
+                 channels_last=layouts == ["channels_last"], compile_budget_s=args.compile_budget)
     if not (cfg.dtypes and cfg.modes and cfg.shapes):
         raise SystemExit("error: nothing to run (empty --dtypes, --modes or --shapes)")
 
@@ -215,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                    "shape_sets": {"x".join(map(str, s)): shape_sets.sets_containing(s) for s in shapes},
                    "repeats": repeats, "warmup": warmup, "compile": cfg.compile,
                    "compile_formulations": cfg.compile_formulations if cfg.compile else [],
+                   "compile_budget_s": cfg.compile_budget_s,
                    "layout": "channels_last" if cfg.channels_last else "nchw",
                    "reduction": cfg.reduction, "kernel_size": cfg.kernel_size,
                    "impls": [i.name for i in cfg.impls], "timer": "cuda events" if device.type == "cuda"
@@ -239,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 base, rows = run_case(cfg, dtype, shape, on_step)
                 result["baselines"].append(base)
                 result["results"] += rows
+                result["compile_skipped"] = cfg.compile_skipped
                 if not console.is_terminal:  # no live bar in logs: one line per case instead
                     console.print(f"done {dtype_name(dtype)} {'x'.join(map(str, shape))}: "
                                   f"{progress.tasks[0].completed + 1}/{total} steps, "
@@ -247,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         progress.update(task, completed=total, description="done")
 
     info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    if cfg.compile_skipped:
+        console.print(f"[yellow]torch.compile skipped in {len(cfg.compile_skipped)} case(s): the compile budget "
+                      f"of {cfg.compile_budget_s:g} s was spent[/]")
     result["target_summary"] = report.target_summary(result)
     result["compile_summary"] = report.compile_summary(result)
     report.print_tables(console, result)

@@ -1,6 +1,7 @@
 """The byte budget of docs/design.md §3 and the CPU "roof" built from measured plain passes.
 
-Bytes are counted in units of |x| (the bytes of the input); the small tensors are ignored.
+Bytes are counted in units of |x| (the bytes of the input); the small tensors are ignored. Everything
+here derives from ``PASS_TRAFFIC``, the full-size tensors each pass of the contract reads and writes.
 """
 from __future__ import annotations
 
@@ -10,14 +11,55 @@ from .measure import time_interleaved
 
 MODES = ("forward", "forward+backward")
 
-# Full-size passes over |x|. Fused: forward 4 (read x twice for the two pools, read x + write y);
-# backward 5 (gy and x, x, gy + gx). Eager PyTorch per docs/design.md §3.4: about 8 forward, 25 backward.
-FUSED_PASSES = {"forward": 4, "forward+backward": 4 + 5}
+# The pass contract (docs/design.md §3.1, §4.3): (full-size tensors read, full-size tensors written),
+# with index-style ties (split-style ties also read x in input_grad). x, gy, y and gx share x's size.
+PASS_TRAFFIC = {
+    "pool_hw": (("x",), ()),
+    "pool_c": (("x",), ()),
+    "apply_gates": (("x",), ("y",)),
+    "gate_grads": (("gy", "x"), ()),
+    "pool_c_grad_a": (("x",), ()),
+    "input_grad": (("gy",), ("gx",)),
+}
+PASSES = {"forward": ("pool_hw", "pool_c", "apply_gates"),
+          "backward": ("gate_grads", "pool_c_grad_a", "input_grad")}
+
+# Plain passes that move a given (reads, writes) of full-size tensors: the yardstick of each pass.
+# read: x.sum((2, 3)); read_write: x * a[:, :, None, None] into a fresh tensor; two_reads: torch.dot(x, gy).
+YARDSTICK_TRAFFIC = {"read": (1, 0), "read_write": (1, 1), "two_reads": (2, 0)}
+
+
+def pass_units(name: str) -> int:
+    """Full-size tensors a pass moves (reads + writes), in |x|."""
+    reads, writes = PASS_TRAFFIC[name]
+    return len(reads) + len(writes)
+
+
+def pass_bytes(name: str, x_bytes: int) -> int:
+    return pass_units(name) * x_bytes
+
+
+def yardstick_of(name: str) -> str:
+    """The plain pass that moves the same bytes as pass ``name``."""
+    reads, writes = PASS_TRAFFIC[name]
+    traffic = (len(reads), len(writes))
+    return next(k for k, v in YARDSTICK_TRAFFIC.items() if v == traffic)
+
+
+def _mode_passes(mode: str) -> tuple[str, ...]:
+    return PASSES["forward"] + (PASSES["backward"] if mode == "forward+backward" else ())
+
+
+# Full-size passes over |x|. Fused: forward 4, forward+backward 4 + 5. Eager PyTorch per
+# docs/design.md §3.4: about 8 forward, 25 backward (a count, not derived from a plan).
+FUSED_PASSES = {mode: sum(pass_units(p) for p in _mode_passes(mode)) for mode in MODES}
 EAGER_PASSES = {"forward": 8, "forward+backward": 8 + 25}
 
-# The fused plan as plain passes: (read-only reductions, read+write elementwise passes).
-# forward: pool_hw, pool_c | apply_gates; backward: gate_grads (reads gy and x), pool_c_grad_a | input_grad.
-ROOF_PLAN = {"forward": (2, 1), "forward+backward": (2 + 3, 1 + 1)}
+# The fused plan as plain passes: (read-only reductions, read+write elementwise passes). A pass that
+# writes counts as one read+write pass; one that only reads, as one reduction per tensor it reads.
+ROOF_PLAN = {mode: (sum(len(PASS_TRAFFIC[p][0]) for p in _mode_passes(mode) if not PASS_TRAFFIC[p][1]),
+                    sum(1 for p in _mode_passes(mode) if PASS_TRAFFIC[p][1]))
+             for mode in MODES}
 
 
 def bytes_moved(impl_kind: str, mode: str, x_bytes: int) -> int | None:

@@ -158,3 +158,37 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
     peak = torch.cuda.max_memory_allocated(device) - base
     del out
     return int(peak)
+
+
+
+def device_kernel_times(fns: dict, device: torch.device, calls: int = 10) -> dict:
+    """CUDA only: seconds of device activity (kernels, memcpy, memset) per call of each callable, from
+    one profiler session over ``calls`` calls of each in turn (after one untimed call each). Unlike
+    events around a call, it leaves out the host's launch gaps, so a launch-bound call at a small shape
+    still shows its kernels' own time. A callable's calls run inside a ``record_function`` range that
+    ends with a synchronize, so the device work that starts inside its range is its own. None where
+    the profiler recorded no device activity for a callable."""
+    if device.type != "cuda":
+        return {name: None for name in fns}
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    for fn in fns.values():
+        fn()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for name, fn in fns.items():
+            with record_function(f"bench::{name}"):
+                for _ in range(calls):
+                    fn()
+                torch.cuda.synchronize(device)
+    events = prof.events()
+    # device activity, without the GPU-side copies of the annotations themselves (gpu_user_annotation)
+    busy = [(e.time_range.start, e.time_range.elapsed_us()) for e in events
+            if e.device_type == DeviceType.CUDA and not e.name.startswith("bench::")]
+    out = {}
+    for name in fns:
+        ranges = [e.time_range for e in events if e.name == f"bench::{name}" and e.device_type == DeviceType.CPU]
+        us = sum(d for start, d in busy for r in ranges if r.start <= start <= r.end)
+        out[name] = us / 1e6 / calls if us > 0 else None
+    return out

@@ -156,10 +156,12 @@ def _print_target_summary(console: Console, result: dict) -> None:
     console.print(t)
 
 
-def write_json(result: dict, out_dir: str) -> str:
-    path = os.path.join(out_dir, "results.json")
-    with open(path, "w") as f:
+def write_json(result: dict, out_dir: str, name: str = "results.json") -> str:
+    """Written to a temporary file and renamed: a run killed mid-write keeps the previous complete file."""
+    path = os.path.join(out_dir, name)
+    with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1, default=str)
+    os.replace(path + ".tmp", path)
     return path
 
 
@@ -250,3 +252,104 @@ def write_plots(result: dict, out_dir: str) -> list[str]:
             plt.close(fig)
             paths.append(path)
     return paths
+
+
+def _pass_label(r: dict) -> str:
+    return f"{r['backend']}:{r['name']}" if r["kind"] == "pass" else f"yardstick:{r['name']}"
+
+
+def _passes_columns(result: dict) -> list[tuple[str, callable]]:
+    """(header, cell of a row) of the per-pass tables; the CUDA columns only on a GPU run."""
+    def us(key):
+        return lambda r: _fmt(None if r.get(key) is None else r[key] * 1e6, ".1f")
+
+    cols = [("us (IQR)", lambda r: f"{r['time_s'] * 1e6:.1f} ({r['iqr_s'] * 1e6:.1f})"),
+            ("MB moved", lambda r: f"{r['bytes'] / 1e6:.1f}"),
+            ("GB/s", lambda r: _fmt(r.get("gbps"), ".1f")),
+            ("yardstick", lambda r: r.get("yardstick", "")),
+            ("x yardstick", lambda r: _fmt(r.get("over_yardstick"), ".2f"))]
+    if result.get("peak_copy"):
+        cols += [("kernel us", us("kernel_s")), ("kernel GB/s", lambda r: _fmt(r.get("kernel_gbps"), ".1f")),
+                 ("kernel x yardstick", lambda r: _fmt(r.get("kernel_over_yardstick"), ".2f")),
+                 ("% copy_", lambda r: _fmt(None if r.get("kernel_copy_fraction", r.get("copy_fraction")) is None
+                                            else 100 * r.get("kernel_copy_fraction", r.get("copy_fraction")), ".0f"))]
+    return cols
+
+
+def _passes_title(result: dict) -> str:
+    copy = result.get("peak_copy")
+    t = (f"per pass, {result['config']['device']}: median of interleaved rounds; x yardstick = time over the plain "
+         f"pass moving the same bytes (target <= {result['config']['targets']['max_over_yardstick']})")
+    if copy:
+        t += (f"; % copy_ = of a 1 GiB device-to-device copy_, {copy['gbps']:.0f} GB/s (target >= "
+              f"{100 * result['config']['targets']['min_copy_fraction']:.0f}% above L2); kernel = profiler busy time")
+    return t
+
+
+def print_passes(console: Console, result: dict) -> None:
+    """One table per (dtype, layout): the yardsticks then each backend's passes, per shape."""
+    rows = result["rows"]
+    cols = _passes_columns(result)
+    for dtype, layout in dict.fromkeys((r["dtype"], r["layout"]) for r in rows):
+        t = Table(title=f"{dtype}, {layout}: {_passes_title(result)}", header_style="bold")
+        t.add_column("shape", no_wrap=True)
+        t.add_column("pass", no_wrap=True)
+        for head, _ in cols:
+            t.add_column(head, justify="right", no_wrap=True)
+        last = None
+        for r in (r for r in rows if r["dtype"] == dtype and r["layout"] == layout):
+            shape = _shape(r["shape"])
+            if last is not None and shape != last:
+                t.add_section()
+            label = _pass_label(r) if r["kind"] == "yardstick" else f"[bold cyan]{_pass_label(r)}[/]"
+            first, last = shape != last, shape
+            if "error" in r or "time_s" not in r:
+                t.add_row(shape if first else "", label, f"[red]{r.get('error', 'not timed')[:70]}[/]")
+                continue
+            tg = r.get("targets", {})
+            cells = [cell(r) for _, cell in cols]
+            cells[4] += _ok(tg.get("yardstick")) if r["kind"] == "pass" else ""
+            if result.get("peak_copy"):
+                cells[-1] += _ok(tg.get("copy"))
+            t.add_row(shape if first else "", label, *cells)
+        console.print(t)
+    summary = result.get("target_summary") or []
+    if summary:
+        t = Table(title="passes meeting each target", header_style="bold")
+        for col in ("backend", "dtype", "targets met", "worst x yardstick"):
+            t.add_column(col)
+        for s in summary:
+            parts = [f"{k} [{'green' if c['met'] == c['total'] else 'red'}]{c['met']}/{c['total']}[/]"
+                     for k, c in s["checks"].items()]
+            w = s["worst_over_yardstick"]
+            t.add_row(s["backend"], s["dtype"], ", ".join(parts),
+                      "-" if w is None else f"{w['ratio']:.2f} ({w['pass']}, {w['layout']} {_shape(w['shape'])})")
+        console.print(t)
+
+
+def passes_markdown(result: dict) -> str:
+    """The per-pass tables in Markdown (also part of scripts/gpu_check.sh's summary)."""
+    m = result["machine"]
+    who = m.get("gpu_name") or f"{m['cpu_model']} ({m['logical_cpus']} CPUs, {m['torch_threads']} threads)"
+    lines = [f"Measured {result['created_utc']} on {who}, torch {m['torch']}, load average at start "
+             f"{_fmt((m.get('load_average') or [None])[0], '.1f')}. {_passes_title(result)}.", ""]
+    cols = _passes_columns(result)
+    rows = [r for r in result["rows"] if "time_s" in r]
+    for dtype, layout in dict.fromkeys((r["dtype"], r["layout"]) for r in rows):
+        lines += [f"**{dtype}, {layout}**", "", "| shape | pass | " + " | ".join(h for h, _ in cols) + " |",
+                  "|---|---|" + "---:|" * len(cols)]
+        for r in (r for r in rows if r["dtype"] == dtype and r["layout"] == layout):
+            lines.append(f"| {_shape(r['shape'])} | {_pass_label(r)} | " + " | ".join(c(r) for _, c in cols) + " |")
+        lines.append("")
+    failed = [r for r in result["rows"] if "error" in r]
+    if failed:
+        lines += ["**failed**", ""] + [f"- {r['dtype']} {r['layout']} {_shape(r['shape'])} {_pass_label(r)}: "
+                                       f"{r['error'][:200]}" for r in failed] + [""]
+    return "\n".join(lines)
+
+
+def write_passes_markdown(result: dict, out_dir: str) -> str:
+    path = os.path.join(out_dir, "passes.md")
+    with open(path, "w") as f:
+        f.write(passes_markdown(result))
+    return path

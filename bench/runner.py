@@ -56,7 +56,10 @@ class Config:
     reduction: int = 16
     kernel_size: int = 7
     seed: int = 0
+    compile_budget_s: Optional[float] = None  # first calls of compiled contestants, summed over the run
     impls: list[Impl] = field(default_factory=list)
+    compile_spent_s: float = 0.0
+    compile_skipped: list[dict] = field(default_factory=list)  # (dtype, shape, mode) run without compile
 
     def __post_init__(self):
         self.impls = [Impl("eager", "eager")]
@@ -120,8 +123,13 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
             # fresh per shape and mode (one compiled fn over many shapes hits the recompile limit); once
             # per case, not per contestant: a reset drops the code of the modules compiled before it
             torch._dynamo.reset()
+        over_budget = cfg.compile_budget_s is not None and cfg.compile_spent_s >= cfg.compile_budget_s
+        if over_budget and any(impl.kind == "compile" for impl in cfg.impls):
+            cfg.compile_skipped.append({"dtype": dtype_name(dtype), "shape": list(shape), "mode": mode})
         for impl in cfg.impls:
             on_step(f"{dtype_name(dtype)} {tuple(shape)} {mode} {impl.name}")
+            if over_budget and impl.kind == "compile":
+                continue
             row = {"shape": list(shape), "dtype": dtype_name(dtype), "mode": mode, "impl": impl.name,
                    "kind": impl.kind, "backend": impl.backend, "x_bytes": x_bytes}
             if impl.kind == "compile":
@@ -130,7 +138,8 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
             try:
                 ready[impl.name] = _prepare(impl, ref, cfg, x, gy, mode, c, row)
             except Exception as e:  # a broken backend is reported, the sweep goes on
-                _record_error(row, e)
+                record_error(row, e)
+            cfg.compile_spent_s += row.get("compile_s", 0.0)
         _compare_outputs(mode_rows, ready)
         try:
             # dynamo's graph count, read between turns: graphs added while a compiled contestant ran
@@ -139,7 +148,7 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
         except Exception as e:
             for row in mode_rows:
                 if row["impl"] in ready:
-                    _record_error(row, e)
+                    record_error(row, e)
             timings = {}
         for row in mode_rows:
             if row["impl"] in timings:
@@ -153,7 +162,7 @@ def run_case(cfg: Config, dtype: torch.dtype, shape, on_step: Callable[[str], No
     return base, rows
 
 
-def _record_error(row: dict, e: Exception) -> None:
+def record_error(row: dict, e: Exception) -> None:
     row["error"] = f"{type(e).__name__}: {e}"
     row["traceback"] = traceback.format_exc(limit=4)
 
