@@ -2,6 +2,9 @@
 
 The rest of the package calls these helpers instead of checking torch's version itself.
 """
+import inspect
+import typing
+
 import torch
 
 #: (major, minor) of the running torch, e.g. (2, 11)
@@ -50,3 +53,22 @@ def assume_constant_result(fn):
     """
     fn._dynamo_marked_constant = True
     return fn
+
+
+_ANNOTATIONS = {"Tensor": torch.Tensor, "Optional[Tensor]": typing.Optional[torch.Tensor], "str": str,
+                "float": float, "int": int, "bool": bool}
+
+
+def triton_op(name: str, fn, schema: str):
+    """``torch.library.triton_op(name, fn, mutates_args=(), schema=schema)`` on every supported release.
+
+    Torch 2.11 ignores ``schema`` and infers one from ``fn``'s annotations, which fails on a
+    ``fn(*args)``; so ``fn`` gets the schema's signature (arguments only; the outputs stay unnamed
+    where it is inferred). Newer releases take the schema as given.
+    """
+    parsed = torch._C.parse_schema("f" + schema)
+    params = [inspect.Parameter(a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=_ANNOTATIONS[str(a.type)]) for a in parsed.arguments]
+    returns = typing.Tuple[tuple(_ANNOTATIONS[str(r.type)] for r in parsed.returns)]
+    fn.__signature__ = inspect.Signature(params, return_annotation=returns)
+    return torch.library.triton_op(name, fn, mutates_args=(), schema=schema)

@@ -274,7 +274,7 @@ def _define_triton_twins():
     from . import triton as tt
 
     return _make_twin("_triton", lambda _backend: tt.TritonPasses(),
-                      lambda name, fn, schema: torch.library.triton_op(name, fn, mutates_args=(), schema=schema))
+                      _compat.triton_op)
 
 
 @_compat.assume_constant_result

@@ -37,3 +37,18 @@ def test_import_does_not_pull_in_dynamo_or_triton():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "[]", f"import cbam_fused imported {proc.stdout.strip()}"
+
+
+def test_triton_op_takes_the_given_schema():
+    """A triton_op over ``fn(*args)`` gets the schema asked for (torch 2.11 would infer it and fail)."""
+    def fn(*args):
+        x, scale = args
+        return x * scale, x + 1
+
+    _compat.triton_op("cbam_fused_compat_test::scaled", fn, "(Tensor x, float scale) -> (Tensor a, Tensor b)")
+    op = torch.ops.cbam_fused_compat_test.scaled.default
+    assert [(a.name, str(a.type)) for a in op._schema.arguments] == [("x", "Tensor"), ("scale", "float")]
+    assert [str(r.type) for r in op._schema.returns] == ["Tensor", "Tensor"]
+    x = torch.arange(3.0)
+    a, b = op(x, 2.0)
+    assert torch.equal(a, torch.tensor([0.0, 2.0, 4.0])) and torch.equal(b, torch.tensor([1.0, 2.0, 3.0]))
