@@ -74,7 +74,7 @@ struct GateGradsArgs {
   void* gs;       // [N, P] acc or nullptr (not wanted)
   void* workspace;
   // [N, C] acc or nullptr: the value of a gy that is constant over pixels (stride 0 over H and W, as
-  // from y.sum() or a mean over pixels), read instead of gy; only for a table with reads_gy_c.
+  // from y.sum() or a sum over pixels), read instead of gy; only for a table with reads_gy_c.
   const void* gy_c;
 };
 

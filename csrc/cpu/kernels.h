@@ -536,7 +536,7 @@ void reduce_partials(const A* partials, A* out, int64_t N, int64_t blocks, int64
 }
 
 // gy where the backward passes read it: the full-size tensor, or (kGyC) gy_c[n,c], the value of a
-// gy that is constant over pixels (y.sum(), a mean over pixels), read in place of a broadcast copy.
+// gy that is constant over pixels (y.sum(), a sum over pixels), read in place of a broadcast copy.
 // Lanes past `m` are 0 either way, as a partial load of the full-size gy leaves them.
 template <typename T, bool kGyC>
 struct GyRead {
