@@ -13,7 +13,7 @@ from .ops import NoFusedBackendWarning, attention, available_backends, unavailab
 
 # The one place the version is written (pyproject.toml reads it). It moves with every change to
 # the public API or an op schema: tests/test_api_lock.py checks that, and CHANGELOG.md says what changed.
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 
 
