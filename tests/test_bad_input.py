@@ -14,10 +14,12 @@ Decisions, by case:
 * NaN/Inf in gy: every gradient becomes non-finite exactly where the reference's does (GradScaler);
 * double backward: a clear RuntimeError; first derivatives with create_graph=True stay correct.
 """
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -70,16 +72,31 @@ def _expect(exc, words, fn):
     raise AssertionError(f"expected {exc.__name__} naming {words}, nothing was raised")
 
 
-def _both(x, wt, backend, gy=None, **kw):
-    """Forward and gradients (x and every weight) of the fused op and of the reference, same dtype."""
+@contextlib.contextmanager
+def _native_conv():
+    """ATen's own CPU convolution, not oneDNN's; the flags' TF32 setter warns without an Intel GPU."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
+
+
+def _both(x, wt, backend, gy=None, native_conv_ref=False, **kw):
+    """Forward and gradients (x and every weight) of the fused op and of the reference, same dtype.
+
+    ``native_conv_ref`` runs the reference's convolutions without oneDNN: where a non-finite value
+    meets the zero padding, ATen's own convolution (and the fused kernels, csrc/cpu/spatial_conv.cpp)
+    multiply the padding zeros on every CPU, while oneDNN does so or not depending on the CPU's ISA.
+    """
     names = ["w1", "w2", "conv_weight", "b1", "b2", "conv_bias"]
     out = []
     for impl in ("fused", "ref"):
         xs = x.detach().requires_grad_()
         ws = {k: v.detach().requires_grad_() for k, v in wt.items()}
-        y = _fused(xs, ws, backend, **kw) if impl == "fused" else _ref(xs, ws, **kw)
-        g = torch.ones_like(y) if gy is None else gy
-        grads = torch.autograd.grad(y, [xs] + [ws[k] for k in names], g, allow_unused=True)
+        with _native_conv() if impl == "ref" and native_conv_ref else contextlib.nullcontext():
+            y = _fused(xs, ws, backend, **kw) if impl == "fused" else _ref(xs, ws, **kw)
+            g = torch.ones_like(y) if gy is None else gy
+            grads = torch.autograd.grad(y, [xs] + [ws[k] for k in names], g, allow_unused=True)
         out.append((y.detach(), grads))
     return out
 
@@ -295,7 +312,7 @@ def _nonfinite_gy(backend, value):
     x, wt = _x((2, 8, 5, 6), device=dev), _weights(8, device=dev)
     gy = torch.randn(2, 8, 5, 6, device=dev)
     gy[1, 2, 3, 4] = value
-    (_, grads), (_, grads_ref) = _both(x, wt, backend, gy=gy)
+    (_, grads), (_, grads_ref) = _both(x, wt, backend, gy=gy, native_conv_ref=True)
     for i, (g, gr) in enumerate(zip(grads, grads_ref)):
         assert not torch.isfinite(g).all(), f"gradient {i} hides the non-finite incoming gradient"
         assert torch.equal(torch.isfinite(g), torch.isfinite(gr)), f"gradient {i}: non-finite entries differ"
