@@ -9,8 +9,8 @@ call through the CUDA PassTable that the ATen glue calls (csrc/cuda/pass_table.c
 build/cudaemu/ (cached by a hash of the sources and the compiler). ``pass_table_address()`` gives the
 table itself (a ``const cbam_fused::PassTable*``). ``training_step_launches()`` counts what a training
 step launches, CUDA kernels from the emulator's launch log included, and ``pass_launches()`` lists
-the launches of single reduction passes on a device of a given SM count, each in a child process. The emulator
-is the project's own copy in third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
+the launches of single reduction passes on a device of a given SM count, each in a child process.
+The emulator is the project's own copy in third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
 """
 from __future__ import annotations
 

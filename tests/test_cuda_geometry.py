@@ -15,6 +15,7 @@ import functools
 import pytest
 
 from .conftest import require_backend
+from .cudaemu import PASS_KERNELS, REDUCTION_PASSES, pass_launches
 
 pytestmark = pytest.mark.emulator
 
@@ -22,20 +23,17 @@ SM_COUNT = 132  # H100 SXM, H200
 MIN_CTAS = 2 * SM_COUNT
 STAGE_SHAPES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]  # C, H, W
 LAYOUTS = ("nchw", "channels_last")
-PASSES = ("pool_hw", "pool_c", "gate_grads", "pool_c_grad_a")
 
 
 def cases(n):
     return [dict(name=name, shape=[n, *chw], dtype="float16", layout=layout)
-            for chw in STAGE_SHAPES for layout in LAYOUTS for name in PASSES]
+            for chw in STAGE_SHAPES for layout in LAYOUTS for name in REDUCTION_PASSES]
 
 
 @functools.lru_cache(maxsize=None)
 def measured(n, sm_count=SM_COUNT):
     """[(case, launches)] of cases(n) on a device of ``sm_count`` SMs."""
-    from tests import cudaemu
-
-    return list(zip(cases(n), cudaemu.pass_launches(cases(n), sm_count)))
+    return list(zip(cases(n), pass_launches(cases(n), sm_count)))
 
 
 def full_size(launches):
@@ -60,10 +58,8 @@ def test_reductions_fill_the_gpu_at_batch_8():
 
 def test_launches_per_pass():
     require_backend("cudaemu")
-    from tests import cudaemu
-
     for case, launches in measured(8):
-        assert [launch.kernel for launch in launches] == list(cudaemu.PASS_KERNELS[case["name"]]), case
+        assert [launch.kernel for launch in launches] == list(PASS_KERNELS[case["name"]]), case
 
 
 def test_batch_128_grids_do_not_depend_on_the_sm_count():
