@@ -13,7 +13,7 @@ child process).
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from torch.profiler import ProfilerActivity, profile
 
@@ -37,15 +37,38 @@ def _launches(event, table_kernels: bool) -> list[str]:
     return [name for child in event.cpu_children for name in _launches(child, table_kernels)]
 
 
-def launch_log_names(path: str | os.PathLike, start: int = 0) -> list[str]:
-    """The kernels of the emulator's launch log from line ``start`` on, without template arguments
-    (the log names each as written at its launch: ``pool_hw_tiles<T, true>``)."""
+class Launch(NamedTuple):
+    """One line of the emulator's launch log."""
+    kernel: str  # without template arguments
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+
+    @property
+    def ctas(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+
+def launch_log(path: str | os.PathLike, start: int = 0) -> list[Launch]:
+    """The launches of the emulator's launch log from line ``start`` on. The log names each kernel as
+    written at its launch (``pool_hw_tiles<T, true>``), then its grid and block, tab-separated
+    (third_party/cudacpu/README.md)."""
     try:
         with open(path) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:  # nothing launched yet
         return []
-    return [line.split("\t", 1)[0].split("<", 1)[0].strip() for line in lines[start:] if line]
+    dims = lambda field: tuple(int(v) for v in field.split(","))  # noqa: E731
+    out = []
+    for line in lines[start:]:
+        if line:
+            name, grid, block = line.split("\t")[:3]
+            out.append(Launch(name.split("<", 1)[0].strip(), dims(grid), dims(block)))
+    return out
+
+
+def launch_log_names(path: str | os.PathLike, start: int = 0) -> list[str]:
+    """The kernels of the emulator's launch log from line ``start`` on, without template arguments."""
+    return [launch.kernel for launch in launch_log(path, start)]
 
 
 def launches_in(fn: Callable[[], object], op_name: str, table_kernels: bool = True,

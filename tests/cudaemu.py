@@ -8,8 +8,9 @@ The library is built with ``cucc`` from tests/cudaemu/emu_shim.cu, whose ``exter
 call through the CUDA PassTable that the ATen glue calls (csrc/cuda/pass_table.cuh), into
 build/cudaemu/ (cached by a hash of the sources and the compiler). ``pass_table_address()`` gives the
 table itself (a ``const cbam_fused::PassTable*``). ``training_step_launches()`` counts what a training
-step launches, CUDA kernels from the emulator's launch log included, in a child process. The emulator
-is the project's own copy in third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
+step launches, CUDA kernels from the emulator's launch log included, and ``pass_launches()`` lists
+the launches of single reduction passes on a device of a given SM count, each in a child process.
+The emulator is the project's own copy in third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from bench.launches import Launch, launch_log
 from cbam_fused import backends, ops
 from cbam_fused.passes import acc_dtype
 
@@ -400,19 +402,24 @@ PASS_KERNELS = {
 }
 
 
-def training_step_launches(cbam: dict, shape: tuple[int, ...], seed: int = 0) -> tuple[list[str], list[str]]:
-    """bench.launches.training_step_launches of ``cbam_fused.CBAM(**cbam)`` on backend "cudaemu" (after
-    a warm-up step): the ATen ops from the profiler and the emulated CUDA kernels from the launch log.
-    The emulator opens $CUDACPU_LAUNCH_LOG at its first launch, so this runs in a child process."""
+def _in_child(command: str, spec, env: dict[str, str] | None = None):
+    """Runs ``python -m tests.cudaemu COMMAND SPEC`` with a fresh $CUDACPU_LAUNCH_LOG (and ``env``);
+    returns the JSON of its last line. The emulator opens the log at its first launch and reads its
+    other variables once, so each such run needs a process of its own."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, CUDACPU_LAUNCH_LOG=str(Path(tmp) / "launches.log"))
-        spec = json.dumps(dict(cbam=cbam, shape=list(shape), seed=seed))
-        proc = subprocess.run([sys.executable, "-m", "tests.cudaemu", "launches", spec], cwd=ROOT, env=env,
+        env = dict(os.environ, **(env or {}), CUDACPU_LAUNCH_LOG=str(Path(tmp) / "launches.log"))
+        proc = subprocess.run([sys.executable, "-m", "tests.cudaemu", command, json.dumps(spec)], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        raise RuntimeError(f"the launch count failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+        raise RuntimeError(f"tests.cudaemu {command} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
                            f"{proc.stderr[-4000:]}")
-    fwd, bwd = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def training_step_launches(cbam: dict, shape: tuple[int, ...], seed: int = 0) -> tuple[list[str], list[str]]:
+    """bench.launches.training_step_launches of ``cbam_fused.CBAM(**cbam)`` on backend "cudaemu" (after
+    a warm-up step): the ATen ops from the profiler and the emulated CUDA kernels from the launch log."""
+    fwd, bwd = _in_child("launches", dict(cbam=cbam, shape=list(shape), seed=seed))
     return fwd, bwd
 
 
@@ -429,5 +436,50 @@ def _launches_child(spec: dict) -> None:
     print(json.dumps(count(m, x, gy, launch_log=os.environ["CUDACPU_LAUNCH_LOG"])))
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["launches"]:
-    _launches_child(json.loads(sys.argv[2]))
+REDUCTION_PASSES = ("pool_hw", "pool_c", "gate_grads", "pool_c_grad_a")
+
+
+def pass_launches(cases: list[dict], sm_count: int, dry_run: bool = True) -> list[list[Launch]]:
+    """The CUDA launches (bench.launches.Launch: kernel, grid, block) of one call of each case's
+    reduction pass, on a device that reports ``sm_count`` multiprocessors. A case is a dict of
+    ``name`` (one of REDUCTION_PASSES), ``shape`` [N, C, H, W], ``dtype`` ("float16", ...) and
+    ``layout`` ("nchw" or "channels_last"); its inputs are zeros (unset in a dry run). ``dry_run``
+    launches without running the kernels, so full-size shapes cost next to nothing."""
+    env = dict(CUDACPU_SM_COUNT=str(sm_count), CUDACPU_DRY_RUN="1" if dry_run else "0")
+    found = _in_child("pass_launches", cases, env)
+    return [[Launch(k, tuple(g), tuple(b)) for k, g, b in launches] for launches in found]
+
+
+def _run_reduction(passes: EmuPasses, name: str, shape, dtype: torch.dtype, layout: str) -> None:
+    n, c, h, w = shape
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    # a dry run reads nothing: empty full-size tensors, whose pages are never touched
+    full = torch.empty if os.environ.get("CUDACPU_DRY_RUN") == "1" else torch.zeros
+    x = full(shape, dtype=dtype, memory_format=fmt)
+    acc = acc_dtype(dtype)
+    per_channel, per_pixel = torch.zeros(n, c, dtype=acc), torch.zeros(n, h * w, dtype=acc)
+    if name == "pool_hw":
+        passes.pool_hw(x)
+    elif name == "pool_c":
+        passes.pool_c(x, per_channel)
+    elif name == "gate_grads":
+        passes.gate_grads(full(shape, dtype=dtype, memory_format=fmt), x, per_channel, per_pixel, True, True)
+    elif name == "pool_c_grad_a":
+        argmax = torch.zeros(n, h * w, dtype=torch.int32)
+        passes.pool_c_grad_a(x, per_channel, per_pixel, per_pixel, argmax, per_pixel, False)
+    else:
+        raise ValueError(f"not a reduction pass: {name}")
+
+
+def _pass_launches_child(cases: list[dict]) -> None:
+    passes, log = EmuPasses(), os.environ["CUDACPU_LAUNCH_LOG"]
+    found = []
+    for case in cases:
+        start = len(launch_log(log))
+        _run_reduction(passes, case["name"], case["shape"], getattr(torch, case["dtype"]), case["layout"])
+        found.append(launch_log(log, start))
+    print(json.dumps(found))
+
+
+if __name__ == "__main__":  # the child processes of _in_child
+    {"launches": _launches_child, "pass_launches": _pass_launches_child}[sys.argv[1]](json.loads(sys.argv[2]))

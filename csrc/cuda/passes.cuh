@@ -19,16 +19,17 @@
 // a warp shuffle tree per row, along the rows a per-thread running value then an ordered pass over
 // the 8 warps in shared memory; each tile writes one partial, and a finishing kernel folds the
 // partials of every output in tile order. So any shape works (several blocks per (n, c) or (n, p))
-// and the result is bitwise the same on every run.
+// and the result is bitwise the same on every run on one device (the tiles depend on its SM count).
 //
-// Byte budget (docs/design.md §3), |x| = bytes of x; small [N,C]/[N,P] tensors and partials are noise:
+// Byte budget (docs/design.md §3), |x| = bytes of x; small [N,C]/[N,P] tensors are noise, partials mostly (below):
 //   forward  4|x|: pool_hw reads x (1), pool_c reads x (1), apply_gates reads x, writes y (2).
 //   backward 5|x|: gate_grads reads gy and x (2), pool_c_grad_a reads x (1), input_grad reads gy and
 //                  writes gx (2); it reads x as well only for split-style ties (then 6|x|).
 // Partials add at most sizeof(Stat) bytes per 32*VEC elements of a row (along the columns) or per
-// `rows` (<= 256) elements of a column (across the rows): about 3% of |x| for 16-bit pools, less
-// otherwise. Lanes past the end of a short row idle (C < 32*VEC in channels_last, P < 32*VEC in
-// NCHW): correct, but such shapes use the GPU poorly.
+// `rows` elements of a column (across the rows): about 3% of |x| for 16-bit pools with 256-row tiles.
+// Tiles that reduce_tiling shortens to fill the device at small batches make more (up to about |x|
+// with 8-row tiles), on tensors small enough to stay in L2. Lanes past the end of a short row idle
+// (C < 32*VEC in channels_last, P < 32*VEC in NCHW): correct, but such shapes use the GPU poorly.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -62,6 +63,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kLanes * kWarps;
 constexpr int kMapRows = 32;        // rows per tile of the elementwise passes
 constexpr int kMaxReduceRows = 256; // rows per tile of the reductions (bounds the partials' size)
+constexpr int kCtasPerSm = 2;       // a reduction's grid aims at this many CTAs per SM (reduce_tiling)
 constexpr int kMaxGridY = 65535;
 
 template <typename T> constexpr int vec_of() { return 16 / int(sizeof(T)); }  // elements per 16 bytes
@@ -87,7 +89,8 @@ inline Tiling make_tiling(index_t n, index_t c, index_t p, bool channels_last, i
   return t;
 }
 
-// Rows per reduction tile: up to kMaxReduceRows (or the test override), rounded up to whole warps.
+// Rows per reduction tile before reduce_tiling shortens them: up to kMaxReduceRows (or the test
+// override), rounded up to whole warps.
 inline index_t reduce_rows(index_t rows_len) {
   const index_t max_rows = CBAM_CUDA_TEST_REDUCE_ROWS;
   index_t cap = max_rows > 0 ? max_rows : kMaxReduceRows;
@@ -520,9 +523,33 @@ inline bool layout_ok(const Geometry& g) { return g.layout == Layout::NCHW || g.
 
 inline std::size_t round16(std::size_t b) { return (b + 15) / 16 * 16; }
 
+// CTAs in a tile kernel's grid
+inline index_t ctas(const Tiling& t) {
+  const dim3 grid = tile_grid(t);
+  return index_t(grid.x) * grid.y;
+}
+
+// Multiprocessors of the current device, the unit reduction grids are sized in (0 when it cannot be
+// asked; the launch then reports the error).
+inline int device_sm_count() {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 0;
+  return sms;
+}
+
+// The tiles of a reduction on the current device. Where N x tiles gives fewer than kCtasPerSm CTAs per
+// SM (small batches: at N=8 the four ResNet stage shapes made 32 to 104), tiles shorten a warp of rows
+// at a time until the grid reaches that, or the tiles are one row per warp: more partials across the
+// rows, each folded in tile order, so the result depends on the SM count but is bitwise the same on
+// every run on one device. workspace_bytes and the launch compute it alike.
 template <typename T> inline Tiling reduce_tiling(const Geometry& g) {
   const bool cl = g.layout == Layout::NHWC;
-  return make_tiling<T>(g.n, g.c, g.p, cl, reduce_rows(cl ? g.p : g.c));
+  const index_t min_ctas = index_t(kCtasPerSm) * device_sm_count();
+  Tiling t = make_tiling<T>(g.n, g.c, g.p, cl, reduce_rows(cl ? g.p : g.c));
+  while (t.rows > kWarps && ctas(t) < min_ctas) t = make_tiling<T>(g.n, g.c, g.p, cl, t.rows - kWarps);
+  return t;
 }
 
 template <typename T> inline Tiling map_tiling(const Geometry& g) {
@@ -589,9 +616,8 @@ std::size_t workspace_bytes(Pass pass, const Geometry& g) {
 }
 
 template <typename T, bool CL>
-cudaError_t pool_hw_layout(const PoolHwArgs& a, cudaStream_t stream) {
+cudaError_t pool_hw_layout(const PoolHwArgs& a, const Tiling& t, cudaStream_t stream) {
   using A = acc_of<T>;
-  const Tiling t = reduce_tiling<T>(a.g);
   using Op = PoolHwOp<T, CL>;
   const auto parts = partials<Op, CL>(t, a.workspace);
   pool_hw_tiles<T, CL><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(Op{static_cast<const T*>(a.x)}, t,
@@ -608,15 +634,14 @@ cudaError_t pool_hw_layout(const PoolHwArgs& a, cudaStream_t stream) {
 // pool_hw: mean, max, first argmax and count of x over pixels, each [N, C]; argmax/count may be null.
 template <typename T>
 cudaError_t launch_pool_hw(const PoolHwArgs& a, cudaStream_t stream) {
-  if (!layout_ok(a.g) || !grid_ok(reduce_tiling<T>(a.g)) || a.mean == nullptr || a.max == nullptr)
-    return cudaErrorInvalidValue;
-  return a.g.layout == Layout::NHWC ? pool_hw_layout<T, true>(a, stream) : pool_hw_layout<T, false>(a, stream);
+  const Tiling t = reduce_tiling<T>(a.g);
+  if (!layout_ok(a.g) || !grid_ok(t) || a.mean == nullptr || a.max == nullptr) return cudaErrorInvalidValue;
+  return t.channels_last ? pool_hw_layout<T, true>(a, t, stream) : pool_hw_layout<T, false>(a, t, stream);
 }
 
 template <typename T, bool CL>
-cudaError_t pool_c_layout(const PoolCArgs& a, cudaStream_t stream) {
+cudaError_t pool_c_layout(const PoolCArgs& a, const Tiling& t, cudaStream_t stream) {
   using A = acc_of<T>;
-  const Tiling t = reduce_tiling<T>(a.g);
   using Op = PoolCOp<T, CL>;
   const auto parts = partials<Op, CL>(t, a.workspace);
   pool_c_tiles<T, CL><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(
@@ -634,15 +659,14 @@ cudaError_t pool_c_layout(const PoolCArgs& a, cudaStream_t stream) {
 // count may be null.
 template <typename T>
 cudaError_t launch_pool_c(const PoolCArgs& a, cudaStream_t stream) {
-  if (!layout_ok(a.g) || !grid_ok(reduce_tiling<T>(a.g)) || a.mean == nullptr || a.max == nullptr)
-    return cudaErrorInvalidValue;
-  return a.g.layout == Layout::NHWC ? pool_c_layout<T, true>(a, stream) : pool_c_layout<T, false>(a, stream);
+  const Tiling t = reduce_tiling<T>(a.g);
+  if (!layout_ok(a.g) || !grid_ok(t) || a.mean == nullptr || a.max == nullptr) return cudaErrorInvalidValue;
+  return t.channels_last ? pool_c_layout<T, true>(a, t, stream) : pool_c_layout<T, false>(a, t, stream);
 }
 
 template <typename T, bool CL>
-cudaError_t gate_grads_layout(const GateGradsArgs& a, cudaStream_t stream) {
+cudaError_t gate_grads_layout(const GateGradsArgs& a, const Tiling& t, cudaStream_t stream) {
   using A = acc_of<T>;
-  const Tiling t = reduce_tiling<T>(a.g);
   using Op = GateGradsOp<T, CL>;
   const auto parts = partials<Op, CL>(t, a.workspace);
   gate_grads_tiles<T, CL><<<tile_grid(t), dim3(kLanes, kWarps), 0, stream>>>(
@@ -665,15 +689,15 @@ cudaError_t gate_grads_layout(const GateGradsArgs& a, cudaStream_t stream) {
 // from one read of gy and x. Both partial directions are always formed (they are small).
 template <typename T>
 cudaError_t launch_gate_grads(const GateGradsArgs& a, cudaStream_t stream) {
-  if (!layout_ok(a.g) || !grid_ok(reduce_tiling<T>(a.g))) return cudaErrorInvalidValue;
+  const Tiling t = reduce_tiling<T>(a.g);
+  if (!layout_ok(a.g) || !grid_ok(t)) return cudaErrorInvalidValue;
   if (a.ga == nullptr && a.gs == nullptr) return cudaSuccess;  // nothing wanted
-  return a.g.layout == Layout::NHWC ? gate_grads_layout<T, true>(a, stream) : gate_grads_layout<T, false>(a, stream);
+  return t.channels_last ? gate_grads_layout<T, true>(a, t, stream) : gate_grads_layout<T, false>(a, t, stream);
 }
 
 template <typename T, bool CL>
-cudaError_t pool_c_grad_a_layout(const PoolCGradAArgs& a, cudaStream_t stream) {
+cudaError_t pool_c_grad_a_layout(const PoolCGradAArgs& a, const Tiling& t, cudaStream_t stream) {
   using A = acc_of<T>;
-  const Tiling t = reduce_tiling<T>(a.g);
   using Op = PoolCGradAOp<T, CL>;
   const auto parts = partials<Op, CL>(t, a.workspace);
   const bool split = a.tie.argmax == nullptr;
@@ -693,11 +717,11 @@ cudaError_t pool_c_grad_a_layout(const PoolCGradAArgs& a, cudaStream_t stream) {
 // tie.argmax selects index-style ties; without it, split-style ties read tie.max.
 template <typename T>
 cudaError_t launch_pool_c_grad_a(const PoolCGradAArgs& a, cudaStream_t stream) {
-  if (!layout_ok(a.g) || !grid_ok(reduce_tiling<T>(a.g)) || a.a == nullptr || a.u == nullptr || a.v == nullptr ||
-      a.ga == nullptr || (a.tie.argmax == nullptr && a.tie.max == nullptr))
+  const Tiling t = reduce_tiling<T>(a.g);
+  if (!layout_ok(a.g) || !grid_ok(t) || a.a == nullptr || a.u == nullptr || a.v == nullptr || a.ga == nullptr ||
+      (a.tie.argmax == nullptr && a.tie.max == nullptr))
     return cudaErrorInvalidValue;
-  return a.g.layout == Layout::NHWC ? pool_c_grad_a_layout<T, true>(a, stream)
-                                    : pool_c_grad_a_layout<T, false>(a, stream);
+  return t.channels_last ? pool_c_grad_a_layout<T, true>(a, t, stream) : pool_c_grad_a_layout<T, false>(a, t, stream);
 }
 
 // apply_gates: y = (acc(x) * a) * s in x's dtype and layout; a, s may be null.
