@@ -236,8 +236,17 @@ def fmt_pair(before: str, after: str) -> str:
     return before if before == after else f"{before} → {after}"
 
 
-def resources_table(res: dict[tuple[str, str | None], Resources]) -> list[str]:
-    lines = [f"## Registers, shared memory and occupancy ({ARCH}, fp16; from ptxas -v and cuobjdump -sass)", "",
+def toolkit() -> str:
+    """The version of the nvcc that compiled_resources uses (registers depend on it)."""
+    return kernel_resources.nvcc_version(kernel_resources.find_nvcc())
+
+
+RESOURCES_HEADING = ("## Registers, shared memory and occupancy ({arch}, fp16; ptxas -v and cuobjdump -sass, "
+                     "nvcc {nvcc})")
+
+
+def resources_table(res: dict[tuple[str, str | None], Resources], nvcc: str) -> list[str]:
+    lines = [RESOURCES_HEADING.format(arch=ARCH, nvcc=nvcc), "",
              "| kernel | layout | registers | shared memory (B) | 16-byte loads in flight per thread "
              "| resident CTAs per SM (limit) | occupancy |",
              "|---|---|---:|---:|---:|---|---:|"]
@@ -253,15 +262,17 @@ RESOURCE_ROW = re.compile(r"^\| `(?P<kernel>\w+)` \| (?P<layout>[\w-]+) \| (?P<r
                           r"(?P<loads>\d+) \|")
 
 
-def resources_from_doc(text: str) -> dict[tuple[str, str | None], Resources]:
-    """The resources table of a written doc, read back (tests/test_cuda_model.py renders the rest from it)."""
+def resources_from_doc(text: str) -> tuple[dict[tuple[str, str | None], Resources], str]:
+    """(the resources table, the nvcc version) of a written doc, read back: tests/test_cuda_model.py
+    renders the rest from them."""
+    heading = re.search(r"^## Registers, .*, nvcc (?P<nvcc>\S+)\)$", text, re.M)
     out = {}
     for line in text.splitlines():
         m = RESOURCE_ROW.match(line)
         if m:
             out[(m["kernel"], None if m["layout"] == "-" else m["layout"])] = Resources(
                 int(m["regs"]), int(m["smem"]), int(m["loads"]))
-    return out
+    return out, (heading["nvcc"] if heading else "")
 
 
 def predictions(name: str, n: int, when: str, geo: dict, res: dict) -> list[Prediction]:
@@ -346,7 +357,7 @@ def kernels() -> list[tuple[str, str | None]]:
     return [(f"{name}_tiles", layout) for name in FULL_SIZE_PASSES for layout in LAYOUTS] + finishes
 
 
-def render(geo: dict, res: dict) -> str:
+def render(geo: dict, res: dict, nvcc: str) -> str:
     need_kb = PEAK_HBM_BYTES_S * HBM_LATENCY_S / SM_COUNT / 1024
     n_small = min(BATCHES)
     x_mb = [n_small * c * h * w * ELEMENT_BYTES / 1e6 for c, h, w in STAGE_SHAPES]
@@ -356,7 +367,7 @@ def render(geo: dict, res: dict) -> str:
                         peak_tb_s=PEAK_HBM_BYTES_S / 1e12, h100_tb_s=H100_PEAK_HBM_BYTES_S / 1e12,
                         h100_ratio=PEAK_HBM_BYTES_S / H100_PEAK_HBM_BYTES_S, latency_ns=round(HBM_LATENCY_S * 1e9),
                         need_kb=need_kb, n_small=n_small, n_large=max(BATCHES), x_lo=min(x_mb), x_hi=max(x_mb))
-    lines = [text, *summary_table(geo, res), *resources_table(res), "",
+    lines = [text, *summary_table(geo, res), *resources_table(res, nvcc), "",
              f"## The tile kernels, fp16, {SM_COUNT} SMs", ""]
     for name in FULL_SIZE_PASSES:
         lines += tile_table(name, geo, res)
@@ -369,7 +380,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="compare with the doc instead of writing it")
     parser.add_argument("--out", type=Path, default=DOC)
     args = parser.parse_args()
-    text = render(geometry(), compiled_resources(kernels()))
+    text = render(geometry(), compiled_resources(kernels()), toolkit())
     if args.check:
         same = args.out.is_file() and args.out.read_text() == text
         print(f"{args.out}: {'up to date' if same else 'differs from the code; run python scripts/cuda_model.py'}")

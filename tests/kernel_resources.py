@@ -40,6 +40,13 @@ def find_nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
+def nvcc_version(nvcc: str) -> str:
+    """The toolkit's full version ("13.0.88") from ``nvcc --version``."""
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"release [\d.]+, V(?P<version>[\d.]+)", out)
+    return m["version"] if m else out.strip().splitlines()[-1]
+
+
 def find_cuobjdump() -> str | None:
     """cuobjdump of the CUDA toolkit, else the copy that Triton ships (a toolkit may lack it)."""
     nvcc = find_nvcc()
