@@ -214,7 +214,8 @@ bytes (256 fp16 elements) and walks its rows of the CTA's tile one row per itera
   elements: NCHW 14x14 and 7x7), and an SM that many times its resident warps.
 - **Time** is the larger of two bounds. Bandwidth: bytes moved / peak. Latency: a warp makes
   `rows x reads / loads in flight` dependent trips to memory of {latency_ns} ns each (`reads`: the
-  full-size tensors it reads per row, two for `gate_grads`), and the busiest SM runs ceil(CTAs / {sms})
+  full-size tensors it reads per row; `gate_grads` reads two, and its SASS converts gy's 16 bytes
+  before it issues the load of x, so they are two trips), and the busiest SM runs ceil(CTAs / {sms})
   CTAs, `occupancy` at a time. By Little's law, peak bandwidth needs {need_kb:.0f} KB in flight per SM
   ({peak_tb_s} TB/s x {latency_ns} ns / {sms}); an SM with less is latency-bound.
 - **Predicted fraction of peak** = (bytes / peak) / time. It is an upper bound: it leaves out
