@@ -50,9 +50,9 @@ def nvcc_version(nvcc: str) -> str:
 def find_cuobjdump() -> str | None:
     """cuobjdump of the CUDA toolkit, else the copy that Triton ships (a toolkit may lack it)."""
     nvcc = find_nvcc()
-    for candidate in ([Path(nvcc).resolve().parent / "cuobjdump"] if nvcc else []):
-        if candidate.is_file():
-            return str(candidate)
+    beside_nvcc = Path(nvcc).resolve().parent / "cuobjdump" if nvcc else None
+    if beside_nvcc is not None and beside_nvcc.is_file():
+        return str(beside_nvcc)
     found = shutil.which("cuobjdump")
     if found:
         return found
