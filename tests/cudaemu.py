@@ -8,8 +8,9 @@ The library is built with ``cucc`` from tests/cudaemu/emu_shim.cu, whose ``exter
 call through the CUDA PassTable that the ATen glue calls (csrc/cuda/pass_table.cuh), into
 build/cudaemu/ (cached by a hash of the sources and the compiler). ``pass_table_address()`` gives the
 table itself (a ``const cbam_fused::PassTable*``). ``training_step_launches()`` counts what a training
-step launches, CUDA kernels from the emulator's launch log included, and ``pass_launches()`` lists
-the launches of single reduction passes on a device of a given SM count, each in a child process.
+step launches, CUDA kernels from the emulator's launch log included, and ``pass_runs()`` gives the
+launches, partials and small operands of single full-size passes on a device of a given SM count,
+in a child process (``pass_launches()``: the launches alone).
 The emulator is the project's own copy in third_party/cudacpu; ``$CUDACPU_HOME`` overrides it.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -437,49 +439,85 @@ def _launches_child(spec: dict) -> None:
 
 
 REDUCTION_PASSES = ("pool_hw", "pool_c", "gate_grads", "pool_c_grad_a")
+FULL_SIZE_PASSES = ("pool_hw", "pool_c", "apply_gates", "gate_grads", "pool_c_grad_a", "input_grad")
+PASS_IDS = dict(pool_hw=POOL_HW, pool_c=POOL_C, apply_gates=APPLY_GATES, gate_grads=GATE_GRADS,
+                pool_c_grad_a=POOL_C_GRAD_A, input_grad=INPUT_GRAD)
+
+
+class PassRun(NamedTuple):
+    """One call of a full-size pass on the emulator (``pass_runs``)."""
+    launches: list[Launch]
+    workspace_bytes: int  # the partials (csrc/cuda/passes.cuh, workspace_bytes), written then read back
+    small_read_bytes: int  # the [N, C] and [N, P] operands handed to the pass (index-style ties)
+    small_write_bytes: int  # its [N, C] and [N, P] results
+
+
+def pass_runs(cases: list[dict], sm_count: int, dry_run: bool = True) -> list[PassRun]:
+    """One call of each case's pass on a device that reports ``sm_count`` multiprocessors. A case is
+    a dict of ``name`` (one of FULL_SIZE_PASSES), ``shape`` [N, C, H, W], ``dtype`` ("float16", ...)
+    and ``layout`` ("nchw" or "channels_last"); its inputs are zeros (unset in a dry run), with
+    every gradient group and index-style ties (the default CBAM in training). ``dry_run`` launches
+    without running the kernels, so full-size shapes cost next to nothing."""
+    env = dict(CUDACPU_SM_COUNT=str(sm_count), CUDACPU_DRY_RUN="1" if dry_run else "0")
+    found = _in_child("pass_runs", cases, env)
+    return [PassRun([Launch(k, tuple(g), tuple(b)) for k, g, b in run["launches"]], run["workspace_bytes"],
+                    run["small_read_bytes"], run["small_write_bytes"]) for run in found]
 
 
 def pass_launches(cases: list[dict], sm_count: int, dry_run: bool = True) -> list[list[Launch]]:
-    """The CUDA launches (bench.launches.Launch: kernel, grid, block) of one call of each case's
-    reduction pass, on a device that reports ``sm_count`` multiprocessors. A case is a dict of
-    ``name`` (one of REDUCTION_PASSES), ``shape`` [N, C, H, W], ``dtype`` ("float16", ...) and
-    ``layout`` ("nchw" or "channels_last"); its inputs are zeros (unset in a dry run). ``dry_run``
-    launches without running the kernels, so full-size shapes cost next to nothing."""
-    env = dict(CUDACPU_SM_COUNT=str(sm_count), CUDACPU_DRY_RUN="1" if dry_run else "0")
-    found = _in_child("pass_launches", cases, env)
-    return [[Launch(k, tuple(g), tuple(b)) for k, g, b in launches] for launches in found]
+    """The CUDA launches (bench.launches.Launch: kernel, grid, block) of ``pass_runs``."""
+    return [run.launches for run in pass_runs(cases, sm_count, dry_run)]
 
 
-def _run_reduction(passes: EmuPasses, name: str, shape, dtype: torch.dtype, layout: str) -> None:
+def _run_pass(passes: EmuPasses, name: str, shape, dtype: torch.dtype, layout: str):
+    """Calls pass ``name`` once; returns (full-size x, the small operands it read, the small results)."""
     n, c, h, w = shape
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     # a dry run reads nothing: empty full-size tensors, whose pages are never touched
     full = torch.empty if os.environ.get("CUDACPU_DRY_RUN") == "1" else torch.zeros
     x = full(shape, dtype=dtype, memory_format=fmt)
     acc = acc_dtype(dtype)
-    per_channel, per_pixel = torch.zeros(n, c, dtype=acc), torch.zeros(n, h * w, dtype=acc)
+    per_channel = lambda dt=acc: torch.zeros(n, c, dtype=dt)  # noqa: E731
+    per_pixel = lambda dt=acc: torch.zeros(n, h * w, dtype=dt)  # noqa: E731
     if name == "pool_hw":
-        passes.pool_hw(x)
-    elif name == "pool_c":
-        passes.pool_c(x, per_channel)
-    elif name == "gate_grads":
-        passes.gate_grads(full(shape, dtype=dtype, memory_format=fmt), x, per_channel, per_pixel, True, True)
-    elif name == "pool_c_grad_a":
-        argmax = torch.zeros(n, h * w, dtype=torch.int32)
-        passes.pool_c_grad_a(x, per_channel, per_pixel, per_pixel, argmax, per_pixel, False)
-    else:
-        raise ValueError(f"not a reduction pass: {name}")
+        return x, [], [t for t in passes.pool_hw(x) if t is not None]
+    if name == "pool_c":
+        a = per_channel()
+        return x, [a], [t for t in passes.pool_c(x, a) if t is not None]
+    if name == "apply_gates":
+        a, s = per_channel(), per_pixel()
+        passes.apply_gates(x, a, s)
+        return x, [a, s], []
+    if name == "gate_grads":
+        a, s = per_channel(), per_pixel()
+        return x, [a, s], list(passes.gate_grads(full(shape, dtype=dtype, memory_format=fmt), x, a, s, True, True))
+    if name == "pool_c_grad_a":
+        a, u, v, argmax = per_channel(), per_pixel(), per_pixel(), per_pixel(torch.int32)
+        ga = passes.pool_c_grad_a(x, a, u, v, argmax, None, False)
+        return x, [a, u, v, argmax], [ga]
+    if name == "input_grad":
+        a, s = per_channel(), per_pixel()
+        c_group = (per_pixel(), per_pixel(), per_pixel(torch.int32))  # u_c, v_c, argmax_c
+        hw_group = (per_channel(), per_channel(), per_channel(torch.int32))  # u_hw, v_hw, argmax_hw
+        (u_c, v_c, arg_c), (u_hw, v_hw, arg_hw) = c_group, hw_group
+        passes.input_grad(x, None, a, s, u_c, v_c, arg_c, None, u_hw, v_hw, arg_hw, None, False)
+        return x, [a, s, *c_group, *hw_group], []
+    raise ValueError(f"not a full-size pass: {name}")
 
 
-def _pass_launches_child(cases: list[dict]) -> None:
+def _pass_runs_child(cases: list[dict]) -> None:
     passes, log = EmuPasses(), os.environ["CUDACPU_LAUNCH_LOG"]
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
     found = []
     for case in cases:
         start = len(launch_log(log))
-        _run_reduction(passes, case["name"], case["shape"], getattr(torch, case["dtype"]), case["layout"])
-        found.append(launch_log(log, start))
+        x, reads, writes = _run_pass(passes, case["name"], case["shape"], getattr(torch, case["dtype"]),
+                                     case["layout"])
+        workspace = int(passes.lib.cbam_emu_workspace(PASS_IDS[case["name"]], *_geometry(x)))
+        found.append(dict(launches=launch_log(log, start), workspace_bytes=workspace,
+                          small_read_bytes=nbytes(reads), small_write_bytes=nbytes(writes)))
     print(json.dumps(found))
 
 
 if __name__ == "__main__":  # the child processes of _in_child
-    {"launches": _launches_child, "pass_launches": _pass_launches_child}[sys.argv[1]](json.loads(sys.argv[2]))
+    {"launches": _launches_child, "pass_runs": _pass_runs_child}[sys.argv[1]](json.loads(sys.argv[2]))

@@ -1,62 +1,22 @@
 """ptxas resource usage of the CUDA kernels: no register spills and no local-memory stack frame.
 
-nvcc compiles the kernel translation unit (tests/cudaemu/emu_shim.cu: the CUDA PassTable of
-csrc/cuda/pass_table.cuh, so every launcher of passes.cuh, spatial_conv.cuh and channel_mlp.cuh
-instantiated for every dtype and layout, with no ATen) for sm_80, sm_90 and sm_120 with
+nvcc compiles the kernel translation unit (tests/kernel_resources.py, compile_kernels: every launcher
+of csrc/cuda instantiated for every dtype and layout, with no ATen) for sm_80, sm_90 and sm_120 with
 ``-Xptxas -v``; the same flags as the extension build. Skips without nvcc; under CI=true a missing
 nvcc is a failure.
 """
 import os
-import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
-import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-KERNEL_TU = ROOT / "tests" / "cudaemu" / "emu_shim.cu"
-ARCHS = ("sm_80", "sm_90", "sm_120")  # ptxas register targets differ; sm_80 and sm_120 spilled first
-# the extension build's nvcc defines (torch.utils.cpp_extension) so the code is the one that ships
-TORCH_NVCC_DEFINES = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-                      "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
+from .kernel_resources import CHECKED_ARCHS as ARCHS
+from .kernel_resources import compile_kernels, find_nvcc, parse_ptxas
+
 # every kernel is named after its pass: <pass>_tiles, <pass>_finish, spatial_conv_*, channel_mlp_*
 MAIN_KERNELS = ("_tiles", "_finish", "spatial_conv_", "channel_mlp_")
 PASS_TILE_KERNELS = ("pool_hw_tiles", "pool_c_tiles", "gate_grads_tiles", "pool_c_grad_a_tiles", "apply_gates_tiles",
                      "input_grad_tiles")
 TILE_INSTANCES = 4 * 2  # dtypes x layouts
-
-ENTRY = re.compile(r"Compiling entry function '(?P<name>[^']+)' for '(?P<arch>sm_\d+)'")
-FRAME = re.compile(r"(?P<stack>\d+) bytes stack frame, (?P<st>\d+) bytes spill stores, (?P<ld>\d+) bytes spill loads")
-REGS = re.compile(r"Used (?P<regs>\d+) registers")
-
-
-def find_nvcc():
-    home = os.environ.get("CUDA_HOME")
-    if home and (Path(home) / "bin" / "nvcc").is_file():
-        return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
-
-
-def parse_ptxas(text):
-    """{(kernel, arch): {"stack", "spill_stores", "spill_loads", "registers"}} from ptxas -v output."""
-    out, current = {}, None
-    for line in text.splitlines():
-        m = ENTRY.search(line)
-        if m:
-            current = (m["name"], m["arch"])
-            out[current] = {}
-            continue
-        if current is None:
-            continue
-        m = FRAME.search(line)
-        if m:
-            out[current].update(stack=int(m["stack"]), spill_stores=int(m["st"]), spill_loads=int(m["ld"]))
-        m = REGS.search(line)
-        if m:
-            out[current]["registers"] = int(m["regs"])
-    return out
 
 
 def demangled_kind(name):
@@ -76,16 +36,13 @@ def test_parser_reads_spills():
 
 
 @pytest.mark.slow
-def test_no_spills_no_stack(tmp_path):
+def test_no_spills_no_stack():
     nvcc = find_nvcc()
     if nvcc is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true and nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
         pytest.skip("nvcc not found: the ptxas resource check needs the CUDA toolkit")
-    inc = Path(torch.__file__).resolve().parent / "include"
-    cmd = [nvcc, "-std=c++20", "-O3", "-c", "-Xptxas", "-v", *TORCH_NVCC_DEFINES, f"-I{ROOT / 'csrc'}", f"-I{inc}",
-           *[f"-gencode=arch=compute_{a[3:]},code={a}" for a in ARCHS], str(KERNEL_TU), "-o", str(tmp_path / "k.o")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    proc, _ = compile_kernels(ARCHS, nvcc)
     assert proc.returncode == 0, f"nvcc failed:\n{proc.stderr[-5000:]}"
     usage = parse_ptxas(proc.stdout + proc.stderr)
     main = {k: v for k, v in usage.items() if demangled_kind(k[0])}
