@@ -220,7 +220,7 @@ bytes (256 fp16 elements) and walks its rows of the CTA's tile one row per itera
   ({peak_tb_s} TB/s x {latency_ns} ns / {sms}); an SM with less is latency-bound.
 - **Predicted fraction of peak** = (bytes / peak) / time. It is an upper bound: it leaves out
   instruction issue (the warp-shuffle merge that `pool_hw` in NCHW and `pool_c` in channels_last
-  run for every row: about 280 instructions per 256 elements, by issue 12's reading of the SASS),
+  run for every row: about 280 instructions per 256 elements, read off the sm_90 SASS),
   L1 traffic of the small operands that `input_grad` and `pool_c_grad_a` reload per element, the
   lanes that take the scalar path (rows of NCHW 7x7, and half of those of 14x14, are not 16-byte
   aligned), shared-memory bank conflicts in the epilogue, launch overhead (microseconds per launch,
