@@ -137,10 +137,12 @@ class Prediction:
 def predict(name: str, shape: tuple[int, int, int, int], layout: str, run: PassRun, r: Resources) -> Prediction:
     """The tile kernel of pass ``name``: time = max(bytes / peak, rounds x round trips x latency).
 
-    A warp walks its rows of one column tile (the grid's y) one row per iteration; each iteration
-    reads ``reads`` full-size operands, ``r.loads_in_flight`` loads at a time, so a warp makes
-    rows x reads / loads_in_flight dependent trips to memory. The busiest SM holds ceil(CTAs / SMs)
-    CTAs and runs ``occupancy`` of them at once."""
+    A warp walks its rows of one column tile (the grid's y), reading ``reads`` full-size operands per
+    row, ``r.loads_in_flight`` loads at a time: rows in groups of loads_in_flight / reads (the
+    reductions' kRowUnroll rows; 1 for a loop that is not unrolled), each group ceil(group x reads /
+    loads_in_flight) dependent trips to memory, and the rows left over (fewer than a group) one trip
+    each per ceil(reads / loads_in_flight). The busiest SM holds ceil(CTAs / SMs) CTAs and runs
+    ``occupancy`` of them at once."""
     n, c, h, w = shape
     p = h * w
     tile = run.launches[0]
@@ -148,7 +150,10 @@ def predict(name: str, shape: tuple[int, int, int, int], layout: str, run: PassR
     rows_len, cols_len = (p, c) if layout == "channels_last" else (c, p)
     rows_per_warp = math.ceil(rows_len / row_tiles / WARPS_PER_CTA)
     reads = len(PASS_TRAFFIC[name][0])
-    trips = math.ceil(rows_per_warp * reads / max(r.loads_in_flight, 1))
+    loads = max(r.loads_in_flight, 1)
+    group = max(loads // reads, 1)
+    trips = ((rows_per_warp // group) * math.ceil(group * reads / loads)
+             + (rows_per_warp % group) * math.ceil(reads / loads))
     resident, _ = occupancy(r)
     rounds = math.ceil(math.ceil(tile.ctas / SM_COUNT) / resident)
     x_bytes = n * c * p * ELEMENT_BYTES
@@ -198,8 +203,10 @@ the fraction, up to the bandwidth bound).
 ## The model
 
 Every kernel runs CTAs of 8 warps (32 x 8 threads). A warp owns one column tile of 32 lanes x 16
-bytes (256 fp16 elements) and walks its rows of the CTA's tile one row per iteration
-(`reduce_tiles` and `map_tiles` in `csrc/cuda/passes.cuh`).
+bytes (256 fp16 elements) and walks its rows of the CTA's tile: the elementwise passes one row per
+iteration (`map_tiles` in `csrc/cuda/passes.cuh`), the reductions four rows per iteration, whose
+loads are all issued before the first row is folded, then the rows left over one at a time
+(`reduce_tiles`, `kRowUnroll`).
 
 - **Bytes moved** by a tile kernel: the full-size tensors of the pass (`PASS_TRAFFIC` in
   `bench/budget.py`: reads and writes, in units of |x|), plus the partials it writes (the
@@ -214,8 +221,9 @@ bytes (256 fp16 elements) and walks its rows of the CTA's tile one row per itera
   elements: NCHW 14x14 and 7x7), and an SM that many times its resident warps.
 - **Time** is the larger of two bounds. Bandwidth: bytes moved / peak. Latency: a warp makes
   `rows x reads / loads in flight` dependent trips to memory of {latency_ns} ns each (`reads`: the
-  full-size tensors it reads per row; `gate_grads` reads two, and its SASS converts gy's 16 bytes
-  before it issues the load of x, so they are two trips), and the busiest SM runs ceil(CTAs / {sms})
+  full-size tensors it reads per row; `gate_grads` reads two, gy and x, loaded together; a
+  reduction's rows left over after its groups of four, up to three, are one trip each), and the
+  busiest SM runs ceil(CTAs / {sms})
   CTAs, `occupancy` at a time. By Little's law, peak bandwidth needs {need_kb:.0f} KB in flight per SM
   ({peak_tb_s} TB/s x {latency_ns} ns / {sms}); an SM with less is latency-bound.
 - **Predicted fraction of peak** = (bytes / peak) / time. It is an upper bound: it leaves out

@@ -1,4 +1,5 @@
-"""ptxas resource usage of the CUDA kernels: no register spills and no local-memory stack frame.
+"""ptxas resource usage of the CUDA kernels: no register spills and no local-memory stack frame; and
+in their SASS, the reductions' row loops keep several 16-byte loads in flight.
 
 nvcc compiles the kernel translation unit (tests/kernel_resources.py, compile_kernels: every launcher
 of csrc/cuda instantiated for every dtype and layout, with no ATen) for sm_80, sm_90 and sm_120 with
@@ -10,13 +11,16 @@ import os
 import pytest
 
 from .kernel_resources import CHECKED_ARCHS as ARCHS
-from .kernel_resources import compile_kernels, find_nvcc, parse_ptxas
+from .kernel_resources import (compile_kernels, demangle, find_cuobjdump, find_nvcc, loads_before_first_use,
+                               parse_ptxas, sass_functions)
 
 # every kernel is named after its pass: <pass>_tiles, <pass>_finish, spatial_conv_*, channel_mlp_*
 MAIN_KERNELS = ("_tiles", "_finish", "spatial_conv_", "channel_mlp_")
 PASS_TILE_KERNELS = ("pool_hw_tiles", "pool_c_tiles", "gate_grads_tiles", "pool_c_grad_a_tiles", "apply_gates_tiles",
                      "input_grad_tiles")
+REDUCTION_TILE_KERNELS = ("pool_hw_tiles", "pool_c_tiles", "gate_grads_tiles", "pool_c_grad_a_tiles")
 TILE_INSTANCES = 4 * 2  # dtypes x layouts
+MIN_LOADS_IN_FLIGHT = 4  # reduce_tiles loads kRowUnroll rows before it folds the first
 
 
 def demangled_kind(name):
@@ -35,14 +39,19 @@ def test_parser_reads_spills():
                                                                        registers=48)}
 
 
-@pytest.mark.slow
-def test_no_spills_no_stack():
+def compile_or_skip():
+    """(nvcc's completed process, the object) of the kernel TU for ARCHS; one compile per process."""
     nvcc = find_nvcc()
     if nvcc is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true and nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
         pytest.skip("nvcc not found: the ptxas resource check needs the CUDA toolkit")
-    proc, _ = compile_kernels(ARCHS, nvcc)
+    return compile_kernels(ARCHS, nvcc)
+
+
+@pytest.mark.slow
+def test_no_spills_no_stack():
+    proc, _ = compile_or_skip()
     assert proc.returncode == 0, f"nvcc failed:\n{proc.stderr[-5000:]}"
     usage = parse_ptxas(proc.stdout + proc.stderr)
     main = {k: v for k, v in usage.items() if demangled_kind(k[0])}
@@ -57,3 +66,23 @@ def test_no_spills_no_stack():
     assert not bad, "kernels with spills or a stack frame:\n" + "\n".join(f"{k}: {v}" for k, v in sorted(bad.items()))
     table = "\n".join(f"{v['registers']:4d} regs  {arch}  {name}" for (name, arch), v in sorted(main.items()))
     print("ptxas registers per kernel:\n" + table)
+
+
+@pytest.mark.slow
+def test_reductions_keep_loads_in_flight():
+    """The row loop of every reduction tile kernel (every dtype and layout) issues at least
+    MIN_LOADS_IN_FLIGHT independent 16-byte loads before it uses one, read off the sm_90 SASS
+    (kernel_resources.loads_before_first_use)."""
+    cuobjdump = find_cuobjdump()
+    if cuobjdump is None:
+        pytest.skip("cuobjdump not found (neither beside nvcc nor in Triton)")
+    proc, obj = compile_or_skip()
+    assert proc.returncode == 0, f"nvcc failed:\n{proc.stderr[-5000:]}"
+    sass = sass_functions(obj, cuobjdump, "sm_90")
+    names = demangle(sorted(sass))
+    loads = {names[m].split("(", 1)[0].removeprefix("void cbam_fused::cuda::"): loads_before_first_use(code)
+             for m, code in sass.items() if any(f"::{k}<" in names[m] for k in REDUCTION_TILE_KERNELS)}
+    assert len(loads) == len(REDUCTION_TILE_KERNELS) * TILE_INSTANCES, f"missing kernels: {sorted(loads)}"
+    few = {k: v for k, v in sorted(loads.items()) if v < MIN_LOADS_IN_FLIGHT}
+    assert not few, f"reduction kernels with fewer than {MIN_LOADS_IN_FLIGHT} 16-byte loads in flight: {few}"
+    print("16-byte loads in flight (sm_90):\n" + "\n".join(f"{v:3d}  {k}" for k, v in sorted(loads.items())))

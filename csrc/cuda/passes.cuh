@@ -65,6 +65,7 @@ constexpr int kMapRows = 32;        // rows per tile of the elementwise passes
 constexpr int kMaxReduceRows = 256; // rows per tile of the reductions (bounds the partials' size)
 constexpr int kCtasPerSm = 2;       // a reduction's grid aims at this many CTAs per SM (reduce_tiling)
 constexpr int kMaxGridY = 65535;
+constexpr int kRowUnroll = 4;       // rows whose loads a reduction thread issues before it folds the first
 
 template <typename T> constexpr int vec_of() { return 16 / int(sizeof(T)); }  // elements per 16 bytes
 
@@ -152,6 +153,37 @@ template <typename T> __device__ inline bool aligned16(const T* p) {
   return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
 }
 
+// The 16 bytes of a chunk as stored, as four 32-bit words: one 16-byte load when `vec` (the caller
+// found the chunk full, cnt == V, and aligned), else element by element; elements past cnt read as
+// 0. The reductions load several rows' words before they convert and fold the first (reduce_tiles),
+// with one `vec` for all of them, so that these loads are issued together and are in flight
+// together; as words, 16-bit elements are not split out of the loaded registers before use.
+template <typename T, int V>
+__device__ inline uint4 load_words(const T* __restrict__ p, int cnt, bool vec) {
+  uint4 raw;
+  if (vec) {
+    raw = *reinterpret_cast<const uint4*>(p);
+  } else {
+    Pack<T, V> pk;
+#pragma unroll
+    for (int k = 0; k < V; ++k) pk.v[k] = k < cnt ? p[k] : T(0);
+    memcpy(&raw, &pk, sizeof raw);
+  }
+  return raw;
+}
+
+// Words' elements as acc values (the conversion is exact: the same values as load_chunk's).
+template <typename T, int V, typename A>
+__device__ inline void unpack(const uint4& raw, A (&out)[V]) {
+  Pack<T, V> pk;
+  memcpy(&pk, &raw, sizeof raw);
+#pragma unroll
+  for (int k = 0; k < V; ++k) out[k] = static_cast<A>(pk.v[k]);
+}
+
+// The words of the M full-size tensors a reduction op reads, for one chunk.
+template <int M> struct Loaded { uint4 w[M]; };
+
 // Loads `cnt` (<= V) elements at p as acc values; lanes past cnt read as 0.
 template <typename T, int V, typename A>
 __device__ inline void load_chunk(const T* p, int cnt, A (&out)[V]) {
@@ -191,7 +223,8 @@ template <bool CL> struct Chunk {
 };
 
 // ------------------------------------------------------------------------------------- reductions
-// A reduction op fills, per chunk, the values reduced over pixels (result per channel, `over_p`)
+// A reduction op loads, per chunk, the 16 bytes of each full-size tensor it reads (`load`, into its
+// `Raw`), then fills from them the values reduced over pixels (result per channel, `over_p`)
 // and/or over channels (result per pixel, `over_c`). In NCHW "over pixels" runs along the columns
 // and "over channels" along the rows; in channels_last the other way round. The body of every
 // pass's *_tiles reduction kernel.
@@ -214,23 +247,45 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
     Stat down[V];  // per column, across this thread's rows
 #pragma unroll
     for (int k = 0; k < V; ++k) down[k] = Stat::identity();
-    for (index_t r = r0 + warp; r < r1; r += kWarps) {  // uniform across the warp
-      Chunk<CL> ch{n, r, col, (n * t.rows_len + r) * t.cols_len + col, cnt};
+    const auto chunk = [&](index_t r) {
+      return Chunk<CL>{n, r, col, (n * t.rows_len + r) * t.cols_len + col, cnt};
+    };
+    const auto fold = [&](const Chunk<CL>& ch, const typename Op::Raw& raw) {  // one row, as loaded
       A over_p[V], over_c[V];
-      if (cnt > 0) op.values(ch, over_p, over_c);
+      if (cnt > 0) op.values(ch, raw, over_p, over_c);
       if constexpr (kAlongCols) {
         Stat across = Stat::identity();
 #pragma unroll
         for (int k = 0; k < V; ++k)
           if (k < cnt) across.add(CL ? over_c[k] : over_p[k], int(col + k));
         across = warp_reduce(across);
-        if (lane == 0) row_part[(n * t.rows_len + r) * t.col_tiles + col_tile] = across;
+        if (lane == 0) row_part[(n * t.rows_len + ch.r) * t.col_tiles + col_tile] = across;
       }
       if constexpr (kAlongRows) {
 #pragma unroll
         for (int k = 0; k < V; ++k)
-          if (k < cnt) down[k].add(CL ? over_p[k] : over_c[k], int(r));
+          if (k < cnt) down[k].add(CL ? over_p[k] : over_c[k], int(ch.r));
       }
+    };
+    // The warp's rows r0+warp, r0+warp+8, ... (uniform across the warp), kRowUnroll at a time: their
+    // loads are issued first, then the rows are folded one after another in row order, as one at a
+    // time would (the same sums, bitwise); the last rows (fewer than kRowUnroll) one at a time. The
+    // 16-byte path is taken for all of a group's rows or for none; it costs no 16-byte loads, since
+    // a thread's rows lie 8*Lc elements (a multiple of 16 bytes) apart: all aligned or none.
+    index_t r = r0 + warp;
+    for (; r + (kRowUnroll - 1) * kWarps < r1; r += kRowUnroll * kWarps) {
+      bool vec = cnt == V;
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) vec = vec && op.aligned(chunk(r + u * kWarps).off);
+      typename Op::Raw raw[kRowUnroll];
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) raw[u] = op.load(chunk(r + u * kWarps), vec);
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) fold(chunk(r + u * kWarps), raw[u]);
+    }
+    for (; r < r1; r += kWarps) {
+      const Chunk<CL> ch = chunk(r);
+      fold(ch, op.load(ch, cnt == V && op.aligned(ch.off)));
     }
     if constexpr (kAlongRows) {
       __shared__ Stat smem[kWarps][kLanes * V];
@@ -282,9 +337,14 @@ template <typename T, bool CL> struct PoolHwOp {
   using A = acc_of<T>;
   using Stat = PoolStat<A>;
   static constexpr bool kOverP = true, kOverC = false;
+  using Raw = Loaded<1>;
   const T* x;
-  template <int V> __device__ void values(const Chunk<CL>& ch, A (&over_p)[V], A (&)[V]) const {
-    load_chunk(x + ch.off, ch.cnt, over_p);
+  __device__ bool aligned(index_t off) const { return aligned16(x + off); }
+  __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
+    return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
+  }
+  template <int V> __device__ void values(const Chunk<CL>&, const Raw& raw, A (&over_p)[V], A (&)[V]) const {
+    unpack<T>(raw.w[0], over_p);
   }
 };
 
@@ -293,11 +353,16 @@ template <typename T, bool CL> struct PoolCOp {
   using A = acc_of<T>;
   using Stat = PoolStat<A>;
   static constexpr bool kOverP = false, kOverC = true;
+  using Raw = Loaded<1>;
   const T* x;
   const A* a;
   index_t c;
-  template <int V> __device__ void values(const Chunk<CL>& ch, A (&)[V], A (&over_c)[V]) const {
-    load_chunk(x + ch.off, ch.cnt, over_c);
+  __device__ bool aligned(index_t off) const { return aligned16(x + off); }
+  __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
+    return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
+  }
+  template <int V> __device__ void values(const Chunk<CL>& ch, const Raw& raw, A (&)[V], A (&over_c)[V]) const {
+    unpack<T>(raw.w[0], over_c);
     if (a != nullptr) {
 #pragma unroll
       for (int k = 0; k < V; ++k)
@@ -311,13 +376,20 @@ template <typename T, bool CL> struct GateGradsOp {
   using A = acc_of<T>;
   using Stat = SumStat<A>;
   static constexpr bool kOverP = true, kOverC = true;
+  using Raw = Loaded<2>;  // gy, x
   const T *gy, *x;
   const A *a, *s;
   index_t c, p;
-  template <int V> __device__ void values(const Chunk<CL>& ch, A (&over_p)[V], A (&over_c)[V]) const {
+  __device__ bool aligned(index_t off) const { return aligned16(gy + off) && aligned16(x + off); }
+  __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
+    return {{load_words<T, vec_of<T>()>(gy + ch.off, ch.cnt, vec),
+             load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
+  }
+  template <int V>
+  __device__ void values(const Chunk<CL>& ch, const Raw& raw, A (&over_p)[V], A (&over_c)[V]) const {
     A g[V], v[V];
-    load_chunk(gy + ch.off, ch.cnt, g);
-    load_chunk(x + ch.off, ch.cnt, v);
+    unpack<T>(raw.w[0], g);
+    unpack<T>(raw.w[1], v);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const A gyx = g[k] * v[k];
@@ -333,14 +405,19 @@ template <typename T, bool CL> struct PoolCGradAOp {
   using A = acc_of<T>;
   using Stat = SumStat<A>;
   static constexpr bool kOverP = true, kOverC = false;
+  using Raw = Loaded<1>;
   const T* x;
   const A *a, *u, *v, *max;
   const int* arg;
   bool split;
   index_t c, p;
-  template <int V> __device__ void values(const Chunk<CL>& ch, A (&over_p)[V], A (&)[V]) const {
+  __device__ bool aligned(index_t off) const { return aligned16(x + off); }
+  __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
+    return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
+  }
+  template <int V> __device__ void values(const Chunk<CL>& ch, const Raw& raw, A (&over_p)[V], A (&)[V]) const {
     A xv[V];
-    load_chunk(x + ch.off, ch.cnt, xv);
+    unpack<T>(raw.w[0], xv);
     if constexpr (CL) {  // one pixel per chunk: its operands are loaded once
       const index_t pi = ch.n * p + ch.r;
       const A up = u[pi], vp = v[pi];
@@ -441,26 +518,26 @@ template <typename T, bool CL> struct InputGradOp {
 // ------------------------------------------------------------------------- the kernels, per pass
 // Thin wrappers over the shared bodies: one name per pass and role.
 template <typename T, bool CL>
-__global__ void pool_hw_tiles(PoolHwOp<T, CL> op, Tiling t, PoolStat<acc_of<T>>* row_part,
-                              PoolStat<acc_of<T>>* col_part) {
+__global__ void pool_hw_tiles(PoolHwOp<T, CL> op, Tiling t, PoolStat<acc_of<T>>* __restrict__ row_part,
+                              PoolStat<acc_of<T>>* __restrict__ col_part) {
   reduce_tiles<T, CL>(op, t, row_part, col_part);
 }
 
 template <typename T, bool CL>
-__global__ void pool_c_tiles(PoolCOp<T, CL> op, Tiling t, PoolStat<acc_of<T>>* row_part,
-                             PoolStat<acc_of<T>>* col_part) {
+__global__ void pool_c_tiles(PoolCOp<T, CL> op, Tiling t, PoolStat<acc_of<T>>* __restrict__ row_part,
+                             PoolStat<acc_of<T>>* __restrict__ col_part) {
   reduce_tiles<T, CL>(op, t, row_part, col_part);
 }
 
 template <typename T, bool CL>
-__global__ void gate_grads_tiles(GateGradsOp<T, CL> op, Tiling t, SumStat<acc_of<T>>* row_part,
-                                 SumStat<acc_of<T>>* col_part) {
+__global__ void gate_grads_tiles(GateGradsOp<T, CL> op, Tiling t, SumStat<acc_of<T>>* __restrict__ row_part,
+                                 SumStat<acc_of<T>>* __restrict__ col_part) {
   reduce_tiles<T, CL>(op, t, row_part, col_part);
 }
 
 template <typename T, bool CL>
-__global__ void pool_c_grad_a_tiles(PoolCGradAOp<T, CL> op, Tiling t, SumStat<acc_of<T>>* row_part,
-                                    SumStat<acc_of<T>>* col_part) {
+__global__ void pool_c_grad_a_tiles(PoolCGradAOp<T, CL> op, Tiling t, SumStat<acc_of<T>>* __restrict__ row_part,
+                                    SumStat<acc_of<T>>* __restrict__ col_part) {
   reduce_tiles<T, CL>(op, t, row_part, col_part);
 }
 
