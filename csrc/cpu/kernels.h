@@ -440,40 +440,55 @@ void pool_c(const PoolCArgs& args) {
   const A* a = static_cast<const A*>(args.a);
   A* mean = static_cast<A*>(args.mean);
   A* mx = static_cast<A*>(args.max);
-  if constexpr (kLayout == Layout::NCHW) {  // per (n, pixel block): walk the channels, lanes are pixels
+  if constexpr (kLayout == Layout::NCHW) {  // per (samples, pixel block): walk the channels, lanes are pixels
     // pixels are independent here (no partial sums), so a small block only adds parallelism
     constexpr int64_t kBlock = 128;
     constexpr int64_t kVecs = kBlock / L;
     const int64_t blocks = (P + kBlock - 1) / kBlock;
-    at::parallel_for(0, N * blocks, grain_for(C * kBlock), [&](int64_t begin, int64_t end) {
+    // A small image gives few pixel vectors, hence few independent max chains per channel step:
+    // then an item pools several samples, up to kVecs vectors in all, while there are items for
+    // every thread. Each pixel is still reduced over the channels in order, so no bit changes.
+    const int64_t vecs = (std::min(P, kBlock) + L - 1) / L;
+    const int64_t group =
+        blocks == 1 ? std::max<int64_t>(1, std::min(kVecs / vecs, N / at::get_num_threads())) : 1;
+    const int64_t items = (N + group - 1) / group * blocks;
+    at::parallel_for(0, items, grain_for(group * C * kBlock), [&](int64_t begin, int64_t end) {
       Vec<A> sums[kVecs];
       Tracker<A, kTrack> trs[kVecs];
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t n = item / blocks, p0 = (item % blocks) * kBlock;
+        const int64_t n0 = item / blocks * group, p0 = (item % blocks) * kBlock;
+        const int64_t samples = std::min(group, N - n0);
         const int64_t width = std::min(kBlock, P - p0);
         const int64_t full = width / L, rest = width % L;
         for (int64_t j = 0; j < kVecs; ++j) sums[j] = Vec<A>(0);
         const Vec<A> valid = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
         for (int64_t c = 0; c < C; ++c) {
-          const T* row = x + (n * C + c) * P + p0;
           const Vec<A> at(static_cast<A>(c));
-          const Vec<A> ac(a ? a[n * C + c] : A(1));
-          for (int64_t j = 0; j < full; ++j) {
-            Vec<A> v = Io<T>::load(row + j * L);
-            if (a) v = v * ac;
-            sums[j] = sums[j] + v;
-            trs[j].feed(c == 0, v, at);
-          }
-          if (rest) {
-            Vec<A> v = Io<T>::load(row + full * L, rest);
-            if (a) v = v * ac;
-            sums[full] = sums[full] + v;
-            trs[full].template feed<true>(c == 0, v, at, valid);
+          for (int64_t k = 0; k < samples; ++k) {  // sample n0 + k: vectors k * vecs ..
+            const int64_t n = n0 + k;
+            const T* row = x + (n * C + c) * P + p0;
+            const Vec<A> ac(a ? a[n * C + c] : A(1));
+            Vec<A>* sum = sums + k * vecs;
+            Tracker<A, kTrack>* tr = trs + k * vecs;
+            for (int64_t j = 0; j < full; ++j) {
+              Vec<A> v = Io<T>::load(row + j * L);
+              if (a) v = v * ac;
+              sum[j] = sum[j] + v;
+              tr[j].feed(c == 0, v, at);
+            }
+            if (rest) {
+              Vec<A> v = Io<T>::load(row + full * L, rest);
+              if (a) v = v * ac;
+              sum[full] = sum[full] + v;
+              tr[full].template feed<true>(c == 0, v, at, valid);
+            }
           }
         }
-        for (int64_t j = 0; j * L < width; ++j) {
-          write_lanes(trs[j], sums[j], C, n * P + p0 + j * L, std::min(L, width - j * L), mean, mx, args.argmax,
-                      args.count);
+        for (int64_t k = 0; k < samples; ++k) {
+          for (int64_t j = 0; j * L < width; ++j) {
+            write_lanes(trs[k * vecs + j], sums[k * vecs + j], C, (n0 + k) * P + p0 + j * L,
+                        std::min(L, width - j * L), mean, mx, args.argmax, args.count);
+          }
         }
       }
     });
