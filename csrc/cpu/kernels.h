@@ -296,9 +296,16 @@ inline int64_t grain_for(int64_t elems_per_item) {  // ~32K elements per task
 // folds would cost as much as the row itself.
 constexpr int64_t kShortRowVecs = 16;
 
-// Row tiles of L rows pooled together: their argmax chains are independent, which hides the
-// latency of one compare-and-blend chain per tile.
-constexpr int64_t kRowTiles = 2;
+// Row tiles of L rows pooled together: their max (and argmax) chains are independent, which hides
+// the latency of one compare-and-blend chain per tile. As many tiles as the vector registers hold
+// with their accumulators (sum, max, and position and count when tracked); the tiling changes no bit.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int64_t kVecRegisters = 32;
+#else
+constexpr int64_t kVecRegisters = 16;
+#endif
+template <bool kTrack>
+constexpr int64_t kRowTiles = (kTrack ? 2 : 4) * kVecRegisters / 16;
 
 // Sum and argmax of `rows` <= kRowTiles * L contiguous rows of `len` elements (row r at x + r * len),
 // with lanes = rows of a tile: L x L blocks are transposed through an L1 buffer and fed column by
@@ -309,13 +316,14 @@ void reduce_rows_as_lanes(const T* x, const acc_t<T>* scale, int64_t len, int64_
                           acc_t<T>* mean, acc_t<T>* max, int32_t* argmax, int32_t* count) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
-  alignas(64) T tile[kRowTiles][L * L];  // tile[t][j * L + i] = x[row t * L + i, column k + j]
-  Vec<A> vsum[kRowTiles];
-  Tracker<A, kTrack> tr[kRowTiles];
-  for (int64_t t = 0; t < kRowTiles; ++t) vsum[t] = Vec<A>(0);
+  constexpr int64_t kTiles = kRowTiles<kTrack>;
+  alignas(64) T tile[kTiles][L * L];  // tile[t][j * L + i] = x[row t * L + i, column k + j]
+  Vec<A> vsum[kTiles];
+  Tracker<A, kTrack> tr[kTiles];
+  for (int64_t t = 0; t < kTiles; ++t) vsum[t] = Vec<A>(0);
   for (int64_t k = 0; k < len; k += L) {
     const int64_t cols = std::min(L, len - k);
-    for (int64_t t = 0; t < kRowTiles; ++t) {
+    for (int64_t t = 0; t < kTiles; ++t) {
       const int64_t tile_rows = std::clamp<int64_t>(rows - t * L, 0, L);
       const T* src = x + t * L * len + k;
       if (tile_rows == L && cols == L) {
@@ -329,7 +337,7 @@ void reduce_rows_as_lanes(const T* x, const acc_t<T>* scale, int64_t len, int64_
     }
     for (int64_t j = 0; j < cols; ++j) {
       const Vec<A> at(static_cast<A>(k + j));
-      for (int64_t t = 0; t < kRowTiles; ++t) {
+      for (int64_t t = 0; t < kTiles; ++t) {
         Vec<A> v = Io<T>::load(tile[t] + j * L);
         if (scale) v = v * Vec<A>(scale[k + j]);
         vsum[t] = vsum[t] + v;
@@ -351,7 +359,7 @@ void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_p
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
   if (len <= kShortRowVecs * L) {
-    constexpr int64_t kRows = kRowTiles * L;
+    constexpr int64_t kRows = kRowTiles<kTrack> * L;
     const int64_t blocks = (rows_per_group + kRows - 1) / kRows;
     at::parallel_for(0, groups * blocks, grain_for(kRows * len), [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
@@ -432,40 +440,55 @@ void pool_c(const PoolCArgs& args) {
   const A* a = static_cast<const A*>(args.a);
   A* mean = static_cast<A*>(args.mean);
   A* mx = static_cast<A*>(args.max);
-  if constexpr (kLayout == Layout::NCHW) {  // per (n, pixel block): walk the channels, lanes are pixels
+  if constexpr (kLayout == Layout::NCHW) {  // per (samples, pixel block): walk the channels, lanes are pixels
     // pixels are independent here (no partial sums), so a small block only adds parallelism
     constexpr int64_t kBlock = 128;
     constexpr int64_t kVecs = kBlock / L;
     const int64_t blocks = (P + kBlock - 1) / kBlock;
-    at::parallel_for(0, N * blocks, grain_for(C * kBlock), [&](int64_t begin, int64_t end) {
+    // A small image gives few pixel vectors, hence few independent max chains per channel step:
+    // then an item pools several samples, up to kVecs vectors in all, while there are items for
+    // every thread. Each pixel is still reduced over the channels in order, so no bit changes.
+    const int64_t vecs = (std::min(P, kBlock) + L - 1) / L;
+    const int64_t group =
+        blocks == 1 ? std::max<int64_t>(1, std::min(kVecs / vecs, N / at::get_num_threads())) : 1;
+    const int64_t items = (N + group - 1) / group * blocks;
+    at::parallel_for(0, items, grain_for(group * C * kBlock), [&](int64_t begin, int64_t end) {
       Vec<A> sums[kVecs];
       Tracker<A, kTrack> trs[kVecs];
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t n = item / blocks, p0 = (item % blocks) * kBlock;
+        const int64_t n0 = item / blocks * group, p0 = (item % blocks) * kBlock;
+        const int64_t samples = std::min(group, N - n0);
         const int64_t width = std::min(kBlock, P - p0);
         const int64_t full = width / L, rest = width % L;
         for (int64_t j = 0; j < kVecs; ++j) sums[j] = Vec<A>(0);
         const Vec<A> valid = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
         for (int64_t c = 0; c < C; ++c) {
-          const T* row = x + (n * C + c) * P + p0;
           const Vec<A> at(static_cast<A>(c));
-          const Vec<A> ac(a ? a[n * C + c] : A(1));
-          for (int64_t j = 0; j < full; ++j) {
-            Vec<A> v = Io<T>::load(row + j * L);
-            if (a) v = v * ac;
-            sums[j] = sums[j] + v;
-            trs[j].feed(c == 0, v, at);
-          }
-          if (rest) {
-            Vec<A> v = Io<T>::load(row + full * L, rest);
-            if (a) v = v * ac;
-            sums[full] = sums[full] + v;
-            trs[full].template feed<true>(c == 0, v, at, valid);
+          for (int64_t k = 0; k < samples; ++k) {  // sample n0 + k: vectors k * vecs ..
+            const int64_t n = n0 + k;
+            const T* row = x + (n * C + c) * P + p0;
+            const Vec<A> ac(a ? a[n * C + c] : A(1));
+            Vec<A>* sum = sums + k * vecs;
+            Tracker<A, kTrack>* tr = trs + k * vecs;
+            for (int64_t j = 0; j < full; ++j) {
+              Vec<A> v = Io<T>::load(row + j * L);
+              if (a) v = v * ac;
+              sum[j] = sum[j] + v;
+              tr[j].feed(c == 0, v, at);
+            }
+            if (rest) {
+              Vec<A> v = Io<T>::load(row + full * L, rest);
+              if (a) v = v * ac;
+              sum[full] = sum[full] + v;
+              tr[full].template feed<true>(c == 0, v, at, valid);
+            }
           }
         }
-        for (int64_t j = 0; j * L < width; ++j) {
-          write_lanes(trs[j], sums[j], C, n * P + p0 + j * L, std::min(L, width - j * L), mean, mx, args.argmax,
-                      args.count);
+        for (int64_t k = 0; k < samples; ++k) {
+          for (int64_t j = 0; j * L < width; ++j) {
+            write_lanes(trs[k * vecs + j], sums[k * vecs + j], C, (n0 + k) * P + p0 + j * L,
+                        std::min(L, width - j * L), mean, mx, args.argmax, args.count);
+          }
         }
       }
     });
