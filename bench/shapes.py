@@ -4,12 +4,12 @@ from __future__ import annotations
 # The five shapes at which the CPU targets (runner.TARGETS) are set, fp32.
 ISSUE2 = [(8, 256, 56, 56), (8, 512, 28, 28), (8, 1024, 14, 14), (8, 2048, 7, 7), (32, 64, 56, 56)]
 
-# Outputs of the four ResNet-50 stages (224x224 input), where CBAM sits in CBAM-ResNet.
-_RESNET50_STAGES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
+# Outputs of the four ResNet-50 stages (224x224 input), where CBAM sits in CBAM-ResNet: C, H, W.
+RESNET50_STAGES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
 
 SHAPE_SETS: dict[str, list[tuple[int, int, int, int]]] = {
     "issue2": ISSUE2,
-    "resnet50": [(n, *chw) for n in (8, 32) for chw in _RESNET50_STAGES],
+    "resnet50": [(n, *chw) for n in (8, 32) for chw in RESNET50_STAGES],
     # MobileNetV2-like light blocks (few channels; C=24 gives a hidden width of 1 at r=16).
     "mobilenet": [(32, 24, 56, 56), (32, 32, 28, 28), (32, 96, 14, 14), (32, 320, 7, 7)],
     # Detector neck (FPN levels P3..P5) on a 384x640 landscape image: non-square H x W.

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.budget import PASS_TRAFFIC  # noqa: E402
+from bench.shapes import RESNET50_STAGES  # noqa: E402
 from tests.cudaemu import FULL_SIZE_PASSES, REDUCTION_PASSES, PassRun, pass_runs  # noqa: E402
 from tests import kernel_resources  # noqa: E402
 
@@ -52,7 +53,7 @@ L2_BYTES = 50 * 2**20          # H100 SXM5 (Hopper whitepaper)
 HBM_LATENCY_S = 700e-9
 ARCH = "sm_90"
 
-STAGE_SHAPES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]  # C, H, W
+STAGE_SHAPES = RESNET50_STAGES  # C, H, W
 BATCHES = (8, 128)
 LAYOUTS = ("nchw", "channels_last")
 DTYPE, ELEMENT_BYTES = "float16", 2

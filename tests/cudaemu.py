@@ -439,9 +439,9 @@ def _launches_child(spec: dict) -> None:
 
 
 REDUCTION_PASSES = ("pool_hw", "pool_c", "gate_grads", "pool_c_grad_a")
-FULL_SIZE_PASSES = ("pool_hw", "pool_c", "apply_gates", "gate_grads", "pool_c_grad_a", "input_grad")
 PASS_IDS = dict(pool_hw=POOL_HW, pool_c=POOL_C, apply_gates=APPLY_GATES, gate_grads=GATE_GRADS,
                 pool_c_grad_a=POOL_C_GRAD_A, input_grad=INPUT_GRAD)
+FULL_SIZE_PASSES = tuple(PASS_IDS)
 
 
 class PassRun(NamedTuple):

@@ -14,6 +14,8 @@ import functools
 
 import pytest
 
+from bench.shapes import RESNET50_STAGES
+
 from .conftest import require_backend
 from .cudaemu import PASS_KERNELS, REDUCTION_PASSES, pass_launches
 
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.emulator
 
 SM_COUNT = 132  # H100 SXM, H200
 MIN_CTAS = 2 * SM_COUNT
-STAGE_SHAPES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]  # C, H, W
+STAGE_SHAPES = RESNET50_STAGES  # C, H, W
 LAYOUTS = ("nchw", "channels_last")
 
 
