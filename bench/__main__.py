@@ -10,7 +10,7 @@ import sys
 import torch
 
 from . import shapes as shape_sets
-from .budget import MODES
+from .budget import DEFAULT_MODES, MODES
 from .formulations import FORMULATIONS
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "pure-torch pass spec) only when named (default: %(default)s)")
     p.add_argument("--dtypes", default="float32", help="comma list of float32, bfloat16, float16, float64 "
                                                        "(default: %(default)s)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma list of %s (default: both)" % ", ".join(MODES))
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                   help="comma list of %s (default: %s)" % (", ".join(MODES), ",".join(DEFAULT_MODES)))
     p.add_argument("--mode", choices=("sweep", "host", "passes"), default="sweep",
                    help="sweep: the kernel benchmark; host: the fused block's host time and launch counts "
                         "against eager at a tiny shape on the CPU, one thread; passes: each full-size pass of "

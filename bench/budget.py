@@ -9,7 +9,15 @@ import torch
 
 from .measure import time_interleaved
 
-MODES = ("forward", "forward+backward")
+# "forward+backward" takes a fixed random upstream gradient; "forward+backward_sum" the one of
+# y.sum(): ones broadcast with stride 0, as a sum or mean head delivers. Both move the same bytes in
+# the plan below. The sweep runs DEFAULT_MODES unless asked.
+MODES = ("forward", "forward+backward", "forward+backward_sum")
+DEFAULT_MODES = ("forward", "forward+backward")
+
+
+def has_backward(mode: str) -> bool:
+    return mode != "forward"
 
 # The pass contract (docs/design.md §3.1, §4.3): (full-size tensors read, full-size tensors written),
 # with index-style ties (split-style ties also read x in input_grad). x, gy, y and gx share x's size.
@@ -47,13 +55,13 @@ def yardstick_of(name: str) -> str:
 
 
 def _mode_passes(mode: str) -> tuple[str, ...]:
-    return PASSES["forward"] + (PASSES["backward"] if mode == "forward+backward" else ())
+    return PASSES["forward"] + (PASSES["backward"] if has_backward(mode) else ())
 
 
 # Full-size passes over |x|. Fused: forward 4, forward+backward 4 + 5. Eager PyTorch per
 # docs/design.md §3.4: about 8 forward, 25 backward (a count, not derived from a plan).
 FUSED_PASSES = {mode: sum(pass_units(p) for p in _mode_passes(mode)) for mode in MODES}
-EAGER_PASSES = {"forward": 8, "forward+backward": 8 + 25}
+EAGER_PASSES = {mode: 8 + (25 if has_backward(mode) else 0) for mode in MODES}
 
 # The fused plan as plain passes: (read-only reductions, read+write elementwise passes). A pass that
 # writes counts as one read+write pass; one that only reads, as one reduction per tensor it reads.

@@ -7,6 +7,7 @@ import os
 from rich.console import Console
 from rich.table import Table
 
+from .budget import has_backward
 from .runner import TARGETS
 
 
@@ -43,7 +44,7 @@ def print_tables(console: Console, result: dict) -> None:
         t.add_column("impl", no_wrap=True)
         for col in ("ms (IQR)", "vs eager", "vs compile", "GB/s", "x clone", "x roof"):
             t.add_column(col, justify="right", no_wrap=True)
-        if mode == "forward+backward":
+        if has_backward(mode):
             t.add_column("saved/|x|", justify="right", no_wrap=True)
         if on_gpu:
             t.add_column("peak MB", justify="right")
@@ -68,7 +69,7 @@ def print_tables(console: Console, result: dict) -> None:
                 _fmt(r.get("gbps"), ".1f"),
                 _fmt(r.get("time_over_clone"), ".2f"), _fmt(r.get("time_over_roof"), ".2f"),
             ]
-            if mode == "forward+backward":
+            if has_backward(mode):
                 cells.append(_fmt(r.get("saved_over_x"), ".3f") + _ok(tg.get("saved")))
             if on_gpu:
                 peak = r.get("peak_memory_bytes")
@@ -201,7 +202,7 @@ def write_markdown(result: dict, out_dir: str) -> str:
     return path
 
 
-MODE_FILE = {"forward": "fwd", "forward+backward": "fwdbwd"}
+MODE_FILE = {"forward": "fwd", "forward+backward": "fwdbwd", "forward+backward_sum": "fwdbwd_sum"}
 
 
 def write_plots(result: dict, out_dir: str) -> list[str]:

@@ -28,6 +28,7 @@ TARGETS = {
     "forward": {"min_speedup_vs_compile": 1.0},
     "max_saved_over_x": 1.1,
 }
+TARGETS["forward+backward_sum"] = TARGETS["forward+backward"]  # both kinds of upstream gradient
 
 
 @dataclass
@@ -93,8 +94,12 @@ def _step_fns(mod: nn.Module, x: torch.Tensor, gy: torch.Tensor, mode: str):
     params = [p for p in mod.parameters() if p.requires_grad]
     xg = x.detach().requires_grad_(True)
 
-    def step():  # autograd.grad, not .backward(): no accumulation pass into .grad
-        return torch.autograd.grad(mod(xg), [xg, *params], gy)
+    if mode == "forward+backward_sum":
+        def step():  # the upstream gradient is y.sum()'s: expanded ones, stride 0
+            return torch.autograd.grad(mod(xg).sum(), [xg, *params])
+    else:
+        def step():  # autograd.grad, not .backward(): no accumulation pass into .grad
+            return torch.autograd.grad(mod(xg), [xg, *params], gy)
 
     return step, lambda: step()[0]
 
@@ -201,7 +206,7 @@ def _compare_outputs(rows: list[dict], ready: dict) -> None:
 def _memory(ready: dict, x, mode: str, device, row: dict) -> None:
     """Saved-for-backward bytes (forward+backward) and CUDA peak memory of one prepared impl."""
     mod = ready["mod"]
-    if mode == "forward+backward":
+    if budget.has_backward(mode):
         try:
             xg = x.detach().requires_grad_(True)
             row["saved_bytes"] = saved_bytes(lambda: mod(xg), exclude=list(mod.parameters()))

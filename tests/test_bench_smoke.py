@@ -160,3 +160,25 @@ def test_shape_sets():
     assert any(h != w for _, _, h, w in shape_sets.SHAPE_SETS["neck"])
     assert len(default) == len(set(default))
     assert shape_sets.resolve(["8x16x4x6", "tiny"])[0] == (8, 16, 4, 6)
+
+
+def test_broadcast_gradient_mode(tmp_path):
+    """``--modes forward+backward_sum`` differentiates y.sum() (a stride-0 upstream gradient): the fused
+    rows agree with eager and keep the forward+backward byte plan and targets (bench/README.md)."""
+    main(["--device", "cpu", "--backends", "cpu", "--shapes", "2x32x8x8", "--modes", "forward+backward_sum",
+          "--no-compile", "--no-plots", "--repeats", "1", "--warmup", "1", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["impl"]: r for r in result["results"]}
+    assert {r["mode"] for r in rows.values()} == {"forward+backward_sum"}
+    assert set(rows) == {"eager", "fused:cpu"}
+    x_bytes = 4 * 2 * 32 * 8 * 8
+    fused = rows["fused:cpu"]
+    assert fused["max_abs_diff_vs_eager"] < 1e-5
+    assert fused["bytes_moved"] == 9 * x_bytes  # docs/design.md §3: 4|x| forward, 5|x| backward
+    assert set(fused["targets"]) == {"vs_eager", "saved"} and fused["saved_bytes"] >= x_bytes
+
+
+def test_every_mode_has_a_plot_name():
+    from bench.budget import MODES
+    from bench.report import MODE_FILE
+    assert set(MODE_FILE) == set(MODES)
