@@ -146,6 +146,33 @@ template <class Stat> __device__ Stat warp_reduce(Stat s) {
   return s;  // complete in lane 0
 }
 
+// The per-column stats of a tile's 8 warps in shared memory, for the ordered pass over the warps in
+// reduce_tiles. Column l*V+k of lane l lives in slot k*kLanes + (l ^ k*(kLanes/V)), as 32-bit words
+// in separate planes (word w of every slot, then word w+1), so that every access is one word per
+// lane on 32 distinct banks: the stores (fixed k, lanes 0..31: a permutation of one row of 32 slots)
+// and the loads (32 consecutive columns: kLanes/V lanes by V values of k; the xor puts each k in its
+// own group of kLanes/V banks). Lane-major slots (l*V+k) put V lanes on one bank.
+template <class Stat, int V> struct StatSmem {
+  static_assert(sizeof(Stat) % 4 == 0 && kLanes % V == 0, "stats are whole 32-bit words");
+  static constexpr int kWords = int(sizeof(Stat) / 4);
+  std::uint32_t word[kWords][kWarps][kLanes * V];
+  __device__ static int slot(int lane, int k) { return k * kLanes + (lane ^ (k * (kLanes / V))); }
+  __device__ void put(int warp, int at, const Stat& s) {
+    std::uint32_t w[kWords];
+    memcpy(w, &s, sizeof s);
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) word[i][warp][at] = w[i];
+  }
+  __device__ Stat get(int warp, int at) const {
+    std::uint32_t w[kWords];
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) w[i] = word[i][warp][at];
+    Stat s;
+    memcpy(&s, w, sizeof s);
+    return s;
+  }
+};
+
 // -------------------------------------------------------------------------------- vector load/store
 template <typename T, int V> struct alignas(16) Pack { T v[V]; };
 
@@ -288,15 +315,16 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
       fold(ch, op.load(ch, cnt == V && op.aligned(ch.off)));
     }
     if constexpr (kAlongRows) {
-      __shared__ Stat smem[kWarps][kLanes * V];
+      __shared__ StatSmem<Stat, V> smem;
 #pragma unroll
-      for (int k = 0; k < V; ++k) smem[warp][lane * V + k] = down[k];
+      for (int k = 0; k < V; ++k) smem.put(warp, StatSmem<Stat, V>::slot(lane, k), down[k]);
       __syncthreads();
-      for (int j = warp * kLanes + lane; j < kLanes * V; j += kThreads) {
+      for (int j = warp * kLanes + lane; j < kLanes * V; j += kThreads) {  // column j of the tile
         const index_t cj = col_tile * (kLanes * V) + j;
         if (cj < t.cols_len && r0 < r1) {
-          Stat s = smem[0][j];
-          for (int w = 1; w < kWarps; ++w) s.merge(smem[w][j]);
+          const int at = StatSmem<Stat, V>::slot(j / V, j % V);
+          Stat s = smem.get(0, at);
+          for (int w = 1; w < kWarps; ++w) s.merge(smem.get(w, at));
           col_part[(n * t.cols_len + cj) * t.row_tiles + row_tile] = s;
         }
       }
