@@ -36,6 +36,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -678,12 +679,17 @@ inline index_t ctas(const Tiling& t) {
 }
 
 // Multiprocessors of the current device, the unit reduction grids are sized in (0 when it cannot be
-// asked; the launch then reports the error).
+// asked; the launch then reports the error). Asked of the driver once per device, not per launch:
+// the host path counts at small shapes. Threads that race store the same count.
 inline int device_sm_count() {
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int> cached[kCachedDevices] = {};  // 0: not asked yet
   int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    return 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  const bool cacheable = device >= 0 && device < kCachedDevices;
+  if (cacheable && (sms = cached[device].load(std::memory_order_relaxed)) > 0) return sms;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return 0;
+  if (cacheable && sms > 0) cached[device].store(sms, std::memory_order_relaxed);
   return sms;
 }
 
