@@ -16,10 +16,11 @@
 // and the chunk is full, else element by element (the scalar tail). All element offsets are int64.
 //
 // Reductions are deterministic two-stage reductions, no atomics: a reduction along the columns is
-// a warp shuffle tree per row, along the rows a per-thread running value then an ordered pass over
-// the 8 warps in shared memory; each tile writes one partial, and a finishing kernel folds the
-// partials of every output in tile order. So any shape works (several blocks per (n, c) or (n, p))
-// and the result is bitwise the same on every run on one device (the tiles depend on its SM count).
+// a warp shuffle tree per row (four rows share one merge, warp_reduce_rows), along the rows a
+// per-thread running value then an ordered pass over the 8 warps in shared memory (StatSmem); each
+// tile writes one partial, and a finishing kernel folds the partials of every output in tile
+// order. So any shape works (several blocks per (n, c) or (n, p)) and the result is bitwise the
+// same on every run on one device (the tiles depend on its SM count).
 //
 // Byte budget (docs/design.md §3), |x| = bytes of x; small [N,C]/[N,P] tensors are noise, partials mostly (below):
 //   forward  4|x|: pool_hw reads x (1), pool_c reads x (1), apply_gates reads x, writes y (2).
