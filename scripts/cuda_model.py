@@ -229,10 +229,11 @@ loads are all issued before the first row is folded, then the rows left over one
   ({peak_tb_s} TB/s x {latency_ns} ns / {sms}); an SM with less is latency-bound.
 - **Predicted fraction of peak** = (bytes / peak) / time. It is an upper bound: it leaves out
   instruction issue (the warp-shuffle merge that `pool_hw` in NCHW and `pool_c` in channels_last
-  run for every row: about 280 instructions per 256 elements, read off the sm_90 SASS),
+  run once per four rows, `warp_reduce_rows`: 160 to 250 instructions from its first shuffle to
+  its last, read off the sm_90 SASS, where a merge per row took 130 to 180),
   L1 traffic of the small operands that `input_grad` and `pool_c_grad_a` reload per element, the
   lanes that take the scalar path (rows of NCHW 7x7, and half of those of 14x14, are not 16-byte
-  aligned), shared-memory bank conflicts in the epilogue, launch overhead (microseconds per launch,
+  aligned), launch overhead (microseconds per launch,
   comparable at N={n_small} to a kernel's own time), and L2 hits (at N={n_small}, x is
   {x_lo:.1f}-{x_hi:.1f} MB and may still be in L2 from the layer that wrote it).
 - **Waves** = CTAs / ({sms} x resident CTAs per SM): below 1 the device is not full.

@@ -43,6 +43,7 @@ SHAPES = {
     "hw1": (3, 24, 1, 1),  # one pixel
     "h1": (2, 9, 1, 13),  # one row
     "7x7": (2, 64, 7, 7),  # the last stage of a ResNet
+    "14x14": (2, 96, 14, 14),  # short rows: 196 pixels (NCHW rows of 392 bytes), 96 channels (channels_last)
     # shaped for one backend's blocking
     "aligned": (2, 32, 4, 8),  # CPU: whole vectors only
     "wide_c": (2, 300, 3, 5),  # CPU: more channels than one NHWC channel block

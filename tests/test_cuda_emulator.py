@@ -6,6 +6,7 @@ thread order as its own process: ``CUDACPU_ORDER=fwd|rev|rand pytest -m emulator
 import os
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,3 +124,40 @@ def test_channel_mlp_rejects_bad_arguments(emu):
     w1, w2, m = torch.zeros(1, 3), torch.zeros(3, 1), torch.zeros(2, 3)
     assert lib.cbam_emu_channel_mlp(2, 3, 1, 0, 9, 0, x.data_ptr(), w1.data_ptr(), None, w2.data_ptr(), None,
                                     m.data_ptr(), m.data_ptr()) != 0
+
+
+def lane_tree_sum(row, vec):
+    """A row's sum as reduce_tiles forms it (csrc/cuda/passes.cuh, docs/design.md §4.5), in float32:
+    per column tile of 32 lanes x vec, each lane adds its vec columns in order, the lanes merge in the
+    tree (l, l^16), then ^8, ..., 1; the finishing kernel adds the tiles in tile order."""
+    f = np.float32
+    total = None
+    for t0 in range(0, len(row), 32 * vec):
+        lanes = []
+        for lane in range(32):
+            s = f(0)
+            for v in row[t0 + lane * vec:t0 + lane * vec + vec]:
+                s = f(s + v)
+            lanes.append(s)
+        d = 16
+        while d:
+            lanes = [f(lanes[lane] + lanes[lane ^ d]) for lane in range(32)]
+            d //= 2
+        total = lanes[0] if total is None else f(total + lanes[0])
+    return total
+
+
+@pytest.mark.parametrize("rows", [0, 8])
+def test_sums_along_a_row_are_the_lane_tree(emu, rows):
+    """The documented order of a sum along the contiguous axis, bitwise, where the warp merges rows
+    four at a time (43 rows: groups of four, short groups of one and two) and one at a time (8-row
+    tiles): pool_hw in NCHW and pool_c in channels_last, fp32, 300 columns (3 tiles, the last short),
+    values over 9 decades so that any other order shows in the last bits."""
+    g = torch.Generator().manual_seed(1)
+    rows_x = torch.randn(43, 300, generator=g) * 10.0 ** torch.randint(-4, 5, (43, 300), generator=g).float()
+    want = torch.tensor([lane_tree_sum(r.numpy(), 4) / np.float32(300) for r in rows_x])
+    e = emu.EmuPasses(rows=rows)
+    nchw = rows_x.reshape(1, 43, 1, 300)
+    nhwc = rows_x.t().reshape(1, 300, 1, 43).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(e.pool_hw(nchw)[0][0], want)
+    assert torch.equal(e.pool_c(nhwc, None)[0][0], want)

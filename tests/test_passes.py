@@ -34,8 +34,9 @@ _COMMON = [_case("odd", "ints"), _case("tiles", "nan_inf")]
 CASES = {
     "cpu": [_case(s) for s in AWKWARD + ["aligned", "wide_c", "threads"]] + _COMMON + [_case("odd", misaligned=True)],
     "cudaemu": [_case(s, rows=rows) for s in AWKWARD for rows in (0, 8)] + [_case("multi_block", every_pattern=False)]
-    + [_case(c["shape"], c["kind"], rows=8) for c in _COMMON] + [_case("odd", rows=8, misaligned=True)],
-    "cuda": [_case(s) for s in AWKWARD + ["multi_block"]] + _COMMON + [_case("odd", misaligned=True)],
+    + [_case(c["shape"], c["kind"], rows=8) for c in _COMMON] + [_case("odd", rows=8, misaligned=True)]
+    + [_case("14x14")],
+    "cuda": [_case(s) for s in AWKWARD + ["multi_block", "14x14"]] + _COMMON + [_case("odd", misaligned=True)],
     # the interpreter: ties everywhere on every shape, its own tiling shapes with random data too (NaN
     # and inf: test_nan_and_inf)
     "triton": [_case(s, "ints", FORWARD) for s in ("primes", "h1")]

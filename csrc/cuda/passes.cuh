@@ -16,10 +16,11 @@
 // and the chunk is full, else element by element (the scalar tail). All element offsets are int64.
 //
 // Reductions are deterministic two-stage reductions, no atomics: a reduction along the columns is
-// a warp shuffle tree per row, along the rows a per-thread running value then an ordered pass over
-// the 8 warps in shared memory; each tile writes one partial, and a finishing kernel folds the
-// partials of every output in tile order. So any shape works (several blocks per (n, c) or (n, p))
-// and the result is bitwise the same on every run on one device (the tiles depend on its SM count).
+// a warp shuffle tree per row (four rows share one merge, warp_reduce_rows), along the rows a
+// per-thread running value then an ordered pass over the 8 warps in shared memory (StatSmem); each
+// tile writes one partial, and a finishing kernel folds the partials of every output in tile
+// order. So any shape works (several blocks per (n, c) or (n, p)) and the result is bitwise the
+// same on every run on one device (the tiles depend on its SM count).
 //
 // Byte budget (docs/design.md §3), |x| = bytes of x; small [N,C]/[N,P] tensors are noise, partials mostly (below):
 //   forward  4|x|: pool_hw reads x (1), pool_c reads x (1), apply_gates reads x, writes y (2).
@@ -36,6 +37,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -105,7 +107,7 @@ template <typename A> struct SumStat {
   __host__ __device__ static SumStat identity() { return {A(0)}; }
   __device__ void add(A v, int) { sum += v; }
   __device__ void merge(const SumStat& o) { sum += o.sum; }
-  __device__ SumStat shfl_down(int delta) const { return {__shfl_down_sync(0xffffffffu, sum, delta)}; }
+  __device__ SumStat shfl_xor(int mask) const { return {__shfl_xor_sync(0xffffffffu, sum, mask)}; }
 };
 
 // Sum, max, first argmax and count of maxima. NaN wins the max and the first NaN is the argmax (its
@@ -134,17 +136,64 @@ template <typename A> struct PoolStat {
       arg = i < arg ? i : arg; count += cnt;
     }
   }
-  __device__ PoolStat shfl_down(int delta) const {
-    return {__shfl_down_sync(0xffffffffu, sum, delta), __shfl_down_sync(0xffffffffu, max, delta),
-            __shfl_down_sync(0xffffffffu, arg, delta), __shfl_down_sync(0xffffffffu, count, delta)};
+  __device__ PoolStat shfl_xor(int mask) const {
+    return {__shfl_xor_sync(0xffffffffu, sum, mask), __shfl_xor_sync(0xffffffffu, max, mask),
+            __shfl_xor_sync(0xffffffffu, arg, mask), __shfl_xor_sync(0xffffffffu, count, mask)};
   }
 };
 
-template <class Stat> __device__ Stat warp_reduce(Stat s) {
+// Merges R rows' per-lane stats over the warp's 32 lanes at once; returns, in every lane, row
+// lane / (kLanes / R) complete. A transpose: at the first log2(R) steps (xor 16, 8, ...) a lane keeps
+// the half of its rows whose index bit matches its lane bit and receives its partner's copy of
+// them, so R rows cost R-1 + log2(kLanes/R) shuffles per stat field (6 for R = 4), not 5R.
+// Every row is still the pairwise tree of the 32 lanes, pairs (l, l^16) first, then ^8, ...: the
+// tree a shfl_down reduction forms in lane 0, and addition commutes, so the sums are bitwise those.
+template <int R, class Stat> __device__ Stat warp_reduce_rows(Stat (&s)[R], int lane) {
+  static_assert(R >= 1 && (R & (R - 1)) == 0 && R <= kLanes, "R is a power of two");
+  int delta = kLanes / 2;
 #pragma unroll
-  for (int delta = kLanes / 2; delta > 0; delta >>= 1) s.merge(s.shfl_down(delta));
-  return s;  // complete in lane 0
+  for (int half = R / 2; half >= 1; half /= 2, delta /= 2) {
+    const bool upper = (lane & delta) != 0;
+#pragma unroll
+    for (int i = 0; i < half; ++i) {
+      Stat keep = upper ? s[i + half] : s[i];
+      const Stat give = upper ? s[i] : s[i + half];
+      keep.merge(give.shfl_xor(delta));
+      s[i] = keep;
+    }
+  }
+  Stat v = s[0];
+#pragma unroll
+  for (; delta > 0; delta /= 2) v.merge(v.shfl_xor(delta));
+  return v;
 }
+
+// The per-column stats of a tile's 8 warps in shared memory, for the ordered pass over the warps in
+// reduce_tiles. Column l*V+k of lane l lives in slot k*kLanes + (l ^ k*(kLanes/V)), as 32-bit words
+// in separate planes (word w of every slot, then word w+1), so that every access is one word per
+// lane on 32 distinct banks: the stores (fixed k, lanes 0..31: a permutation of one row of 32 slots)
+// and the loads (32 consecutive columns: kLanes/V lanes by V values of k; the xor puts each k in its
+// own group of kLanes/V banks). Lane-major slots (l*V+k) put V lanes on one bank.
+template <class Stat, int V> struct StatSmem {
+  static_assert(sizeof(Stat) % 4 == 0 && kLanes % V == 0, "stats are whole 32-bit words");
+  static constexpr int kWords = int(sizeof(Stat) / 4);
+  std::uint32_t word[kWords][kWarps][kLanes * V];
+  __device__ static int slot(int lane, int k) { return k * kLanes + (lane ^ (k * (kLanes / V))); }
+  __device__ void put(int warp, int at, const Stat& s) {
+    std::uint32_t w[kWords];
+    memcpy(w, &s, sizeof s);
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) word[i][warp][at] = w[i];
+  }
+  __device__ Stat get(int warp, int at) const {
+    std::uint32_t w[kWords];
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) w[i] = word[i][warp][at];
+    Stat s;
+    memcpy(&s, w, sizeof s);
+    return s;
+  }
+};
 
 // -------------------------------------------------------------------------------- vector load/store
 template <typename T, int V> struct alignas(16) Pack { T v[V]; };
@@ -250,16 +299,14 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
     const auto chunk = [&](index_t r) {
       return Chunk<CL>{n, r, col, (n * t.rows_len + r) * t.cols_len + col, cnt};
     };
-    const auto fold = [&](const Chunk<CL>& ch, const typename Op::Raw& raw) {  // one row, as loaded
+    // One row as loaded: its columns into this lane's `across` (within the row) and into `down`.
+    const auto fold = [&](const Chunk<CL>& ch, const typename Op::Raw& raw, Stat& across) {
       A over_p[V], over_c[V];
       if (cnt > 0) op.values(ch, raw, over_p, over_c);
       if constexpr (kAlongCols) {
-        Stat across = Stat::identity();
 #pragma unroll
         for (int k = 0; k < V; ++k)
           if (k < cnt) across.add(CL ? over_c[k] : over_p[k], int(col + k));
-        across = warp_reduce(across);
-        if (lane == 0) row_part[(n * t.rows_len + ch.r) * t.col_tiles + col_tile] = across;
       }
       if constexpr (kAlongRows) {
 #pragma unroll
@@ -267,9 +314,18 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
           if (k < cnt) down[k].add(CL ? over_p[k] : over_c[k], int(ch.r));
       }
     };
-    // The warp's rows r0+warp, r0+warp+8, ... (uniform across the warp), kRowUnroll at a time: their
-    // loads are issued first, then the rows are folded one after another in row order, as one at a
-    // time would (the same sums, bitwise); the last rows (fewer than kRowUnroll) one at a time. The
+    // The first m rows of the group at r: one warp merge for all of them (warp_reduce_rows); lane
+    // u * (kLanes / kRowUnroll) writes row u's partial.
+    const auto write_rows = [&](index_t r, Stat (&across)[kRowUnroll], int m) {
+      const Stat s = warp_reduce_rows(across, lane);
+      const int u = lane / (kLanes / kRowUnroll);
+      if (lane % (kLanes / kRowUnroll) == 0 && u < m)
+        row_part[(n * t.rows_len + r + index_t(u) * kWarps) * t.col_tiles + col_tile] = s;
+    };
+    // The warp's rows r0+warp, r0+warp+8, ... (uniform across the warp), in groups of kRowUnroll:
+    // their loads are issued first, then the rows are folded one after another in row order, as one
+    // at a time would (the same sums, bitwise), and merged over the warp together; the rows left over
+    // (fewer than kRowUnroll) are loaded one at a time (fewer registers) and merged together. The
     // 16-byte path is taken for all of a group's rows or for none; it costs no 16-byte loads, since
     // a thread's rows lie 8*Lc elements (a multiple of 16 bytes) apart: all aligned or none.
     index_t r = r0 + warp;
@@ -280,23 +336,40 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
       typename Op::Raw raw[kRowUnroll];
 #pragma unroll
       for (int u = 0; u < kRowUnroll; ++u) raw[u] = op.load(chunk(r + u * kWarps), vec);
+      Stat across[kRowUnroll];
 #pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) fold(chunk(r + u * kWarps), raw[u]);
+      for (int u = 0; u < kRowUnroll; ++u) {
+        across[u] = Stat::identity();
+        fold(chunk(r + u * kWarps), raw[u], across[u]);
+      }
+      if constexpr (kAlongCols) write_rows(r, across, kRowUnroll);
     }
-    for (; r < r1; r += kWarps) {
-      const Chunk<CL> ch = chunk(r);
-      fold(ch, op.load(ch, cnt == V && op.aligned(ch.off)));
+    if (r < r1) {  // the short group: m rows, 1 <= m < kRowUnroll, one at a time, merged together
+      const int m = int((r1 - r + kWarps - 1) / kWarps);
+      Stat across[kRowUnroll];
+#pragma unroll
+      for (int u = 0; u < kRowUnroll; ++u) across[u] = Stat::identity();
+      for (int u = 0; u < m; ++u) {
+        const Chunk<CL> ch = chunk(r + u * kWarps);
+        Stat a = Stat::identity();
+        fold(ch, op.load(ch, cnt == V && op.aligned(ch.off)), a);
+#pragma unroll
+        for (int i = 0; i < kRowUnroll - 1; ++i)  // constant indices keep `across` in registers
+          if (i == u) across[i] = a;
+      }
+      if constexpr (kAlongCols) write_rows(r, across, m);
     }
     if constexpr (kAlongRows) {
-      __shared__ Stat smem[kWarps][kLanes * V];
+      __shared__ StatSmem<Stat, V> smem;
 #pragma unroll
-      for (int k = 0; k < V; ++k) smem[warp][lane * V + k] = down[k];
+      for (int k = 0; k < V; ++k) smem.put(warp, StatSmem<Stat, V>::slot(lane, k), down[k]);
       __syncthreads();
-      for (int j = warp * kLanes + lane; j < kLanes * V; j += kThreads) {
+      for (int j = warp * kLanes + lane; j < kLanes * V; j += kThreads) {  // column j of the tile
         const index_t cj = col_tile * (kLanes * V) + j;
         if (cj < t.cols_len && r0 < r1) {
-          Stat s = smem[0][j];
-          for (int w = 1; w < kWarps; ++w) s.merge(smem[w][j]);
+          const int at = StatSmem<Stat, V>::slot(j / V, j % V);
+          Stat s = smem.get(0, at);
+          for (int w = 1; w < kWarps; ++w) s.merge(smem.get(w, at));
           col_part[(n * t.cols_len + cj) * t.row_tiles + row_tile] = s;
         }
       }
@@ -607,12 +680,17 @@ inline index_t ctas(const Tiling& t) {
 }
 
 // Multiprocessors of the current device, the unit reduction grids are sized in (0 when it cannot be
-// asked; the launch then reports the error).
+// asked; the launch then reports the error). Asked of the driver once per device, not per launch:
+// the host path counts at small shapes. Threads that race store the same count.
 inline int device_sm_count() {
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int> cached[kCachedDevices] = {};  // 0: not asked yet
   int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    return 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  const bool cacheable = device >= 0 && device < kCachedDevices;
+  if (cacheable && (sms = cached[device].load(std::memory_order_relaxed)) > 0) return sms;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return 0;
+  if (cacheable && sms > 0) cached[device].store(sms, std::memory_order_relaxed);
   return sms;
 }
 
