@@ -110,7 +110,7 @@ def compiled_resources(kernels: list[tuple[str, str | None]],
         mangled = by_instance[instance(kernel, layout)]
         u = usage[(mangled, ARCH)]
         out[(kernel, layout)] = Resources(u["registers"], u.get("smem", 0),
-                                          kernel_resources.loads_before_first_use(sass[mangled]))
+                                          kernel_resources.loop_loads_in_flight(sass[mangled]))
     return out
 
 
@@ -217,7 +217,8 @@ loads are all issued before the first row is folded, then the rows left over one
   registers / the CTA's registers (rounded up per warp to {reg_unit}), {smem_kb} KB / (the CTA's
   shared memory + {reserved_kb} KB), and {ctas_max}.
 - **Loads in flight** per thread: the most 16-byte global loads (`LDG.E.128`) the SASS issues before
-  one of them is used, reading the code in address order. A row loop that is not unrolled shows 1.
+  one of them is used, reading each innermost loop in address order (the small operands' 16-byte
+  loads before a row loop are left out). A row loop that is not unrolled shows 1.
   A warp then has `loads x 32 lanes x 16 bytes` in flight (less where its rows are shorter than 256
   elements: NCHW 14x14 and 7x7), and an SM that many times its resident warps.
 - **Time** is the larger of two bounds. Bandwidth: bytes moved / peak. Latency: a warp makes
@@ -231,7 +232,8 @@ loads are all issued before the first row is folded, then the rows left over one
   instruction issue (the warp-shuffle merge that `pool_hw` in NCHW and `pool_c` in channels_last
   run once per four rows, `warp_reduce_rows`: 160 to 250 instructions from its first shuffle to
   its last, read off the sm_90 SASS, where a merge per row took 130 to 180),
-  L1 traffic of the small operands that `input_grad` and `pool_c_grad_a` reload per element, the
+  the loads of the small operands (once per column chunk before a warp's row loop, and one value
+  per row; at most four per row, in `input_grad`), the
   lanes that take the scalar path (rows of NCHW 7x7, and half of those of 14x14, are not 16-byte
   aligned), launch overhead (microseconds per launch,
   comparable at N={n_small} to a kernel's own time), and L2 hits (at N={n_small}, x is

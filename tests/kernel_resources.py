@@ -5,7 +5,9 @@ PassTable of csrc/cuda/pass_table.cuh, so every launcher of passes.cuh, spatial_
 channel_mlp.cuh instantiated for every dtype and layout, with no ATen) with ``-Xptxas -v`` and the
 extension build's flags; ``parse_ptxas`` reads the registers, shared memory, stack and spills per
 kernel; ``sass_functions`` disassembles the object with ``cuobjdump -sass`` and
-``loads_before_first_use`` counts a kernel's 16-byte global loads issued before one of them is used.
+``loads_before_first_use`` counts a kernel's 16-byte global loads issued before one of them is used
+(``loop_loads_in_flight``: within its row loops); ``innermost_loop`` and ``is_load_32`` find a row
+loop and its 32-bit loads.
 Used by tests/test_cuda_build.py and scripts/cuda_model.py.
 """
 from __future__ import annotations
@@ -162,3 +164,48 @@ def loads_before_first_use(instructions: list[str]) -> int:
             loads += 1
             most = max(most, loads)
     return most
+
+
+BRANCH = re.compile(r"^(?:@!?U?P\w+\s+)?BRA\b.*?(?P<target>0x[0-9a-f]+)\s*$")
+SASS_INSTRUCTION_BYTES = 16  # every instruction from sm_70 on; branch targets are byte offsets
+NARROW_LOAD = {"U8", "S8", "U16", "S16", "64", "128"}
+
+
+def opcode(text: str) -> str:
+    """An instruction's opcode with its modifiers, without its predicate: "LDG.E.128"."""
+    return re.sub(r"^@!?U?P\w+\s+", "", text).split(" ", 1)[0]
+
+
+def is_load_32(text: str) -> bool:
+    """A 32-bit global load: LDG without a size modifier (LDG.E, LDG.E.CONSTANT, ...)."""
+    parts = opcode(text).split(".")
+    return parts[0] == "LDG" and not NARROW_LOAD & set(parts[1:])
+
+
+def loops(instructions: list[str]) -> list[tuple[int, int]]:
+    """(first, last) instruction index of every loop: a backward branch and its target."""
+    out = []
+    for end, text in enumerate(instructions):
+        m = BRANCH.match(text)
+        if m and int(m["target"], 16) // SASS_INSTRUCTION_BYTES <= end:
+            out.append((int(m["target"], 16) // SASS_INSTRUCTION_BYTES, end))
+    return out
+
+
+def loop_loads_in_flight(instructions: list[str]) -> int:
+    """loads_before_first_use within each innermost loop (one that holds no other), the most of them:
+    the 16-byte loads a row loop keeps in flight, leaving out loads issued once before the loop
+    (the small operands of a column chunk). Code without loops is read whole."""
+    spans = loops(instructions)
+    inner = [(s, e) for s, e in spans if not any((s, e) != (s2, e2) and s <= s2 and e2 <= e for s2, e2 in spans)]
+    if not inner:
+        return loads_before_first_use(instructions)
+    return max(loads_before_first_use(instructions[s:e + 1]) for s, e in inner)
+
+
+def innermost_loop(instructions: list[str], marker: str) -> list[str]:
+    """The body of the shortest loop holding an instruction whose opcode starts with ``marker``
+    (STG.E.128: the row loop of an elementwise pass); [] when none does."""
+    bodies = [instructions[s:e + 1] for s, e in loops(instructions)]
+    bodies = [b for b in bodies if any(opcode(t).startswith(marker) for t in b)]
+    return min(bodies, key=len, default=[])

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import require_backend
-from .kernel_resources import CHECKED_ARCHS, find_cuobjdump, find_nvcc, loads_before_first_use
+from .kernel_resources import (CHECKED_ARCHS, find_cuobjdump, find_nvcc, innermost_loop, is_load_32,
+                               loads_before_first_use, loop_loads_in_flight)
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cuda_model.py"
 
@@ -40,6 +41,19 @@ def test_loads_before_first_use_reads_sass():
     assert loads_before_first_use(unrolled) == 2
     assert loads_before_first_use(["LDG.E.128 R4, desc[UR4][R2.64]", "STG.E desc[UR4][R6.64], R5"]) == 1
     assert loads_before_first_use(["LDG.E R4, desc[UR4][R2.64]", "FADD R5, R4, R4"]) == 0  # 4-byte loads
+
+
+def test_row_loops_in_sass():
+    """Loads issued once before a loop (a column chunk's small operands) are not a row loop's loads in
+    flight; branch targets are byte offsets of 16-byte instructions."""
+    code = ["LDG.E.128 R20, desc[UR4][R6.64]", "LDG.E.128 R24, desc[UR4][R6.64+0x10]",
+            "LDG.E.128 R4, desc[UR4][R2.64]", "FMUL R8, R4, R20", "STG.E.128 desc[UR4][R10.64], R8",
+            "@P0 BRA 0x20", "EXIT"]
+    assert loads_before_first_use(code) == 3 and loop_loads_in_flight(code) == 1
+    assert innermost_loop(code, "STG.E.128") == code[2:6] and innermost_loop(code, "LDS") == []
+    loads = ["LDG.E R4, desc[UR4][R2.64]", "@!P1 LDG.E.CONSTANT R4, desc[UR4][R2.64]", "LDG.E.U16 R4, desc[UR4][R2.64]",
+             "LDG.E.64 R4, desc[UR4][R2.64]", "LDG.E.128 R4, desc[UR4][R2.64]", "LDS R4, [R2]"]
+    assert [is_load_32(t) for t in loads] == [True, True, False, False, False, False]
 
 
 @pytest.mark.emulator

@@ -14,6 +14,8 @@
 // (32 lanes x 8 warps) owns a tile of `rows` rows by 32*VEC columns; lane l loads the VEC columns
 // [l*VEC, l*VEC+VEC) of each of its warp's rows with one 16-byte load when the address is aligned
 // and the chunk is full, else element by element (the scalar tail). All element offsets are int64.
+// The small [N, C] and [N, P] operands are loaded once per column chunk (those of the columns) and
+// once per row (that of the row), not per element (see "the small operands" below).
 //
 // Reductions are deterministic two-stage reductions, no atomics: a reduction along the columns is
 // a warp shuffle tree per row (four rows share one merge, warp_reduce_rows), along the rows a
@@ -42,6 +44,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "pass_args.h"
 
@@ -271,9 +274,103 @@ template <bool CL> struct Chunk {
   __device__ index_t pix(int k) const { return CL ? r : col + k; }
 };
 
+// ------------------------------------------------------------------------------ the small operands
+// The [N, C] and [N, P] operands (a, s, u, v, the tie's max or argmax) are loaded once per tile, not
+// per element: those of the columns (per pixel in NCHW, per channel in channels_last) once per
+// column chunk, before the row loop, and kept in registers; that of a row (one value) once per row.
+// Loaded per element, they were scalar, L1-bound loads: up to ten per element in input_grad.
+
+// `cnt` (<= W) values at p, the rest 0: 16-byte loads (8-byte for two ints) when W > 1, the chunk is
+// full and p aligned for them, else one by one. Never reads past cnt.
+template <typename E, int W>
+__device__ inline void load_small(const E* p, int cnt, E (&out)[W]) {
+  constexpr int kBytes = W * int(sizeof(E));
+  if constexpr (W > 1 && kBytes % 16 == 0) {
+    if (cnt == W && aligned16(p)) {
+#pragma unroll
+      for (int i = 0; i < kBytes / 16; ++i) {
+        const uint4 w = reinterpret_cast<const uint4*>(p)[i];
+        memcpy(&out[i * int(16 / sizeof(E))], &w, 16);
+      }
+      return;
+    }
+  } else if constexpr (W > 1 && kBytes == 8) {
+    if (cnt == W && (reinterpret_cast<std::uintptr_t>(p) & 7u) == 0) {
+      const uint2 w = *reinterpret_cast<const uint2*>(p);
+      memcpy(&out[0], &w, 8);
+      return;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < W; ++k) out[k] = k < cnt ? p[k] : E(0);
+}
+
+// The small operands of W consecutive channels (a, u_hw, v_hw, the tie of the pixel pool) or pixels
+// (s, u_c, v_c, the tie of the channel pool) of one sample. The tie is max (split-style ties) or
+// argmax (index-style), both kept as the bits of an acc value: only one is set, and one register
+// array serves both. Unset operands read as 0 and are not used.
+template <typename A, int W> struct Operands {
+  using Bits = std::conditional_t<sizeof(A) == 8, std::uint64_t, std::uint32_t>;
+  A gate[W], u[W], v[W];
+  Bits tie[W];
+  __device__ A max(int k) const { A m; memcpy(&m, &tie[k], sizeof m); return m; }
+  __device__ index_t arg(int k) const { return index_t(int(tie[k])); }
+};
+
+// Loads the operands at element `at` of [N, C] or [N, P] (cnt of them). u, v and the tie are read
+// only when u is set (a gradient group), the tie's max for split-style ties, else its argmax.
+template <typename A, int W>
+__device__ inline Operands<A, W> load_operands(const A* gate, const A* u, const A* v, const A* max, const int* arg,
+                                               bool split, index_t at, int cnt) {
+  Operands<A, W> o;
+#pragma unroll
+  for (int k = 0; k < W; ++k) { o.gate[k] = o.u[k] = o.v[k] = A(0); o.tie[k] = 0; }
+  if (gate != nullptr) load_small(gate + at, cnt, o.gate);
+  if (u != nullptr) {
+    load_small(u + at, cnt, o.u);
+    load_small(v + at, cnt, o.v);
+    if (split) {
+      A m[W];
+      load_small(max + at, cnt, m);
+      memcpy(&o.tie, &m, sizeof m);
+    } else {
+      int i[W];
+      load_small(arg + at, cnt, i);
+#pragma unroll
+      for (int k = 0; k < W; ++k) o.tie[k] = typename Operands<A, W>::Bits(unsigned(i[k]));
+    }
+  }
+  return o;
+}
+
+// A row's operands (one value), as W columns' (the same value in each), so that values() reads
+// both sides alike; the copies cost no registers.
+template <typename A, int W> __device__ inline Operands<A, W> broadcast(const Operands<A, 1>& one) {
+  Operands<A, W> o;
+#pragma unroll
+  for (int k = 0; k < W; ++k) {
+    o.gate[k] = one.gate[0]; o.u[k] = one.u[0]; o.v[k] = one.v[0]; o.tie[k] = one.tie[0];
+  }
+  return o;
+}
+
+// The operands of a chunk's columns (V of them, once per column chunk: `cols`) and of its row
+// (`row`, once per row), for an op with channel_operands / pixel_operands.
+template <bool CL, int V, class Op>
+__device__ inline auto col_operands(const Op& op, index_t n, index_t col, int cnt) {
+  if constexpr (CL) return op.template channel_operands<V>(n, col, cnt);
+  else return op.template pixel_operands<V>(n, col, cnt);
+}
+
+template <bool CL, int V, class Op> __device__ inline auto row_operands(const Op& op, const Chunk<CL>& ch) {
+  if constexpr (CL) return broadcast<typename Op::A, V>(op.template pixel_operands<1>(ch.n, ch.r, 1));
+  else return broadcast<typename Op::A, V>(op.template channel_operands<1>(ch.n, ch.r, 1));
+}
+
 // ------------------------------------------------------------------------------------- reductions
 // A reduction op loads, per chunk, the 16 bytes of each full-size tensor it reads (`load`, into its
-// `Raw`), then fills from them the values reduced over pixels (result per channel, `over_p`)
+// `Raw`), then fills from them and the small operands (those of the columns from `cols`, once per
+// column chunk) the values reduced over pixels (result per channel, `over_p`)
 // and/or over channels (result per pixel, `over_c`). In NCHW "over pixels" runs along the columns
 // and "over channels" along the rows; in channels_last the other way round. The body of every
 // pass's *_tiles reduction kernel.
@@ -293,6 +390,7 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
     const index_t col = col_tile * (kLanes * V) + index_t(lane) * V;
     const index_t left = t.cols_len - col;
     const int cnt = left <= 0 ? 0 : (left < V ? int(left) : V);
+    const auto cols = op.cols(n, col, cnt);  // the columns' small operands, once per column chunk
     Stat down[V];  // per column, across this thread's rows
 #pragma unroll
     for (int k = 0; k < V; ++k) down[k] = Stat::identity();
@@ -302,7 +400,7 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
     // One row as loaded: its columns into this lane's `across` (within the row) and into `down`.
     const auto fold = [&](const Chunk<CL>& ch, const typename Op::Raw& raw, Stat& across) {
       A over_p[V], over_c[V];
-      if (cnt > 0) op.values(ch, raw, over_p, over_c);
+      if (cnt > 0) op.values(ch, cols, raw, over_p, over_c);
       if constexpr (kAlongCols) {
 #pragma unroll
         for (int k = 0; k < V; ++k)
@@ -416,7 +514,10 @@ template <typename T, bool CL> struct PoolHwOp {
   __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
     return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
   }
-  template <int V> __device__ void values(const Chunk<CL>&, const Raw& raw, A (&over_p)[V], A (&)[V]) const {
+  struct None {};
+  __device__ None cols(index_t, index_t, int) const { return {}; }
+  template <int V>
+  __device__ void values(const Chunk<CL>&, None, const Raw& raw, A (&over_p)[V], A (&)[V]) const {
     unpack<T>(raw.w[0], over_p);
   }
 };
@@ -434,12 +535,25 @@ template <typename T, bool CL> struct PoolCOp {
   __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
     return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
   }
-  template <int V> __device__ void values(const Chunk<CL>& ch, const Raw& raw, A (&)[V], A (&over_c)[V]) const {
+  template <int W> __device__ Operands<A, W> channel_operands(index_t n, index_t c0, int cnt) const {
+    return load_operands<A, W>(a, nullptr, nullptr, nullptr, nullptr, false, n * c + c0, cnt);
+  }
+  template <int W> __device__ Operands<A, W> pixel_operands(index_t, index_t, int) const {
+    return load_operands<A, W>(nullptr, nullptr, nullptr, nullptr, nullptr, false, 0, 0);
+  }
+  __device__ auto cols(index_t n, index_t col, int cnt) const {
+    return col_operands<CL, vec_of<T>()>(*this, n, col, cnt);
+  }
+  template <int V>
+  __device__ void values(const Chunk<CL>& ch, const Operands<A, V>& cols, const Raw& raw, A (&)[V],
+                         A (&over_c)[V]) const {
     unpack<T>(raw.w[0], over_c);
     if (a != nullptr) {
+      const Operands<A, V> row = row_operands<CL, V>(*this, ch);
+      const Operands<A, V>& chan = CL ? cols : row;
 #pragma unroll
       for (int k = 0; k < V; ++k)
-        if (k < ch.cnt) over_c[k] = over_c[k] * a[ch.n * c + ch.chan(k)];
+        if (k < ch.cnt) over_c[k] = over_c[k] * chan.gate[k];
     }
   }
 };
@@ -458,16 +572,28 @@ template <typename T, bool CL> struct GateGradsOp {
     return {{load_words<T, vec_of<T>()>(gy + ch.off, ch.cnt, vec),
              load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
   }
+  template <int W> __device__ Operands<A, W> channel_operands(index_t n, index_t c0, int cnt) const {
+    return load_operands<A, W>(a, nullptr, nullptr, nullptr, nullptr, false, n * c + c0, cnt);
+  }
+  template <int W> __device__ Operands<A, W> pixel_operands(index_t n, index_t p0, int cnt) const {
+    return load_operands<A, W>(s, nullptr, nullptr, nullptr, nullptr, false, n * p + p0, cnt);
+  }
+  __device__ auto cols(index_t n, index_t col, int cnt) const {
+    return col_operands<CL, vec_of<T>()>(*this, n, col, cnt);
+  }
   template <int V>
-  __device__ void values(const Chunk<CL>& ch, const Raw& raw, A (&over_p)[V], A (&over_c)[V]) const {
+  __device__ void values(const Chunk<CL>& ch, const Operands<A, V>& cols, const Raw& raw, A (&over_p)[V],
+                         A (&over_c)[V]) const {
     A g[V], v[V];
     unpack<T>(raw.w[0], g);
     unpack<T>(raw.w[1], v);
+    const Operands<A, V> row = row_operands<CL, V>(*this, ch);
+    const Operands<A, V>&chan = CL ? cols : row, &pix = CL ? row : cols;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const A gyx = g[k] * v[k];
-      over_p[k] = s != nullptr && k < ch.cnt ? gyx * s[ch.n * p + ch.pix(k)] : gyx;
-      over_c[k] = a != nullptr && k < ch.cnt ? gyx * a[ch.n * c + ch.chan(k)] : gyx;
+      over_p[k] = s != nullptr && k < ch.cnt ? gyx * pix.gate[k] : gyx;
+      over_c[k] = a != nullptr && k < ch.cnt ? gyx * chan.gate[k] : gyx;
     }
   }
 };
@@ -488,33 +614,43 @@ template <typename T, bool CL> struct PoolCGradAOp {
   __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
     return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
   }
-  template <int V> __device__ void values(const Chunk<CL>& ch, const Raw& raw, A (&over_p)[V], A (&)[V]) const {
+  // a is read only for split-style ties (the tie compares acc(x) * a with max)
+  template <int W> __device__ Operands<A, W> channel_operands(index_t n, index_t c0, int cnt) const {
+    return load_operands<A, W>(split ? a : nullptr, nullptr, nullptr, nullptr, nullptr, split, n * c + c0, cnt);
+  }
+  template <int W> __device__ Operands<A, W> pixel_operands(index_t n, index_t p0, int cnt) const {
+    return load_operands<A, W>(nullptr, u, v, max, arg, split, n * p + p0, cnt);
+  }
+  __device__ auto cols(index_t n, index_t col, int cnt) const {
+    return col_operands<CL, vec_of<T>()>(*this, n, col, cnt);
+  }
+  template <int V>
+  __device__ void values(const Chunk<CL>& ch, const Operands<A, V>& cols, const Raw& raw, A (&over_p)[V],
+                         A (&)[V]) const {
     A xv[V];
     unpack<T>(raw.w[0], xv);
-    if constexpr (CL) {  // one pixel per chunk: its operands are loaded once
-      const index_t pi = ch.n * p + ch.r;
-      const A up = u[pi], vp = v[pi];
-      const A mp = split ? max[pi] : A(0);         // only the tie operand of the style is set
-      const index_t ap = split ? -1 : arg[pi];
+    const Operands<A, V> row = row_operands<CL, V>(*this, ch);
+    const Operands<A, V>&chan = CL ? cols : row, &pix = CL ? row : cols;
+    if constexpr (CL) {
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        const bool tie = k < ch.cnt && (split ? xv[k] * a[ch.n * c + ch.col + k] == mp : ch.col + k == ap);
-        over_p[k] = xv[k] * (up + A(tie ? 1 : 0) * vp);
+        const bool tie = k < ch.cnt && (split ? xv[k] * chan.gate[k] == pix.max(k) : ch.col + k == pix.arg(k));
+        over_p[k] = xv[k] * (pix.u[k] + A(tie ? 1 : 0) * pix.v[k]);
       }
     } else {
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         if (k >= ch.cnt) { over_p[k] = A(0); continue; }
-        const index_t ci = ch.r, pi = ch.n * p + ch.col + k;
-        const bool tie = split ? xv[k] * a[ch.n * c + ci] == max[pi] : ci == index_t(arg[pi]);
-        over_p[k] = xv[k] * (u[pi] + A(tie ? 1 : 0) * v[pi]);
+        const bool tie = split ? xv[k] * chan.gate[k] == pix.max(k) : ch.r == pix.arg(k);
+        over_p[k] = xv[k] * (pix.u[k] + A(tie ? 1 : 0) * pix.v[k]);
       }
     }
   }
 };
 
 // ----------------------------------------------------------------------------- elementwise passes
-// The body of the elementwise passes' *_tiles kernels.
+// The body of the elementwise passes' *_tiles kernels: per column chunk, the op's `cols` (the columns'
+// small operands, loaded before the row loop), then one row at a time `values` from them.
 template <typename T, bool CL, class Op>
 __device__ __forceinline__ void map_tiles(const Op& op, const Tiling& t, T* out) {
   using A = acc_of<T>;
@@ -527,10 +663,11 @@ __device__ __forceinline__ void map_tiles(const Op& op, const Tiling& t, T* out)
     const index_t left = t.cols_len - col;
     if (left <= 0) continue;
     const int cnt = left < V ? int(left) : V;
+    const auto cols = op.cols(n, col, cnt);  // the columns' small operands, once per column chunk
     for (index_t r = r0 + warp; r < r1; r += kWarps) {
       Chunk<CL> ch{n, r, col, (n * t.rows_len + r) * t.cols_len + col, cnt};
       A y[V];
-      op.values(ch, y);
+      op.values(ch, cols, y);
       store_chunk(out + ch.off, cnt, y);
     }
   }
@@ -542,13 +679,24 @@ template <typename T, bool CL> struct ApplyGatesOp {
   const T* x;
   const A *a, *s;
   index_t c, p;
-  template <int V> __device__ void values(const Chunk<CL>& ch, A (&y)[V]) const {
+  template <int W> __device__ Operands<A, W> channel_operands(index_t n, index_t c0, int cnt) const {
+    return load_operands<A, W>(a, nullptr, nullptr, nullptr, nullptr, false, n * c + c0, cnt);
+  }
+  template <int W> __device__ Operands<A, W> pixel_operands(index_t n, index_t p0, int cnt) const {
+    return load_operands<A, W>(s, nullptr, nullptr, nullptr, nullptr, false, n * p + p0, cnt);
+  }
+  __device__ auto cols(index_t n, index_t col, int cnt) const {
+    return col_operands<CL, vec_of<T>()>(*this, n, col, cnt);
+  }
+  template <int V> __device__ void values(const Chunk<CL>& ch, const Operands<A, V>& cols, A (&y)[V]) const {
+    const Operands<A, V> row = row_operands<CL, V>(*this, ch);
+    const Operands<A, V>&chan = CL ? cols : row, &pix = CL ? row : cols;
     load_chunk(x + ch.off, ch.cnt, y);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       if (k >= ch.cnt) continue;
-      if (a != nullptr) y[k] = y[k] * a[ch.n * c + ch.chan(k)];
-      if (s != nullptr) y[k] = y[k] * s[ch.n * p + ch.pix(k)];
+      if (a != nullptr) y[k] = y[k] * chan.gate[k];
+      if (s != nullptr) y[k] = y[k] * pix.gate[k];
     }
   }
 };
@@ -565,24 +713,34 @@ template <typename T, bool CL> struct InputGradOp {
   const int* arg_hw;
   bool split;
   index_t c, p;
-  template <int V> __device__ void values(const Chunk<CL>& ch, A (&g)[V]) const {
+  template <int W> __device__ Operands<A, W> channel_operands(index_t n, index_t c0, int cnt) const {
+    return load_operands<A, W>(a, u_hw, v_hw, max_hw, arg_hw, split, n * c + c0, cnt);
+  }
+  template <int W> __device__ Operands<A, W> pixel_operands(index_t n, index_t p0, int cnt) const {
+    return load_operands<A, W>(s, u_c, v_c, max_c, arg_c, split, n * p + p0, cnt);
+  }
+  __device__ auto cols(index_t n, index_t col, int cnt) const {
+    return col_operands<CL, vec_of<T>()>(*this, n, col, cnt);
+  }
+  template <int V> __device__ void values(const Chunk<CL>& ch, const Operands<A, V>& cols, A (&g)[V]) const {
+    const Operands<A, V> row = row_operands<CL, V>(*this, ch);
+    const Operands<A, V>&chan = CL ? cols : row, &pix = CL ? row : cols;  // a, u_hw, ...; s, u_c, ...
     A xv[V];
     load_chunk(gy + ch.off, ch.cnt, g);
     if (split) load_chunk(x + ch.off, ch.cnt, xv);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       if (k >= ch.cnt) continue;
-      const index_t ci = ch.n * c + ch.chan(k), pi = ch.n * p + ch.pix(k);
-      const A av = a != nullptr ? a[ci] : A(1);
-      if (s != nullptr) g[k] = g[k] * s[pi];
+      const A av = a != nullptr ? chan.gate[k] : A(1);
+      if (s != nullptr) g[k] = g[k] * pix.gate[k];
       if (u_c != nullptr) {
-        const bool tie = split ? xv[k] * av == max_c[pi] : ch.chan(k) == index_t(arg_c[pi]);
-        g[k] = g[k] + u_c[pi] + A(tie ? 1 : 0) * v_c[pi];
+        const bool tie = split ? xv[k] * av == pix.max(k) : ch.chan(k) == pix.arg(k);
+        g[k] = g[k] + pix.u[k] + A(tie ? 1 : 0) * pix.v[k];
       }
       if (a != nullptr) g[k] = g[k] * av;
       if (u_hw != nullptr) {
-        const bool tie = split ? xv[k] == max_hw[ci] : ch.pix(k) == index_t(arg_hw[ci]);
-        g[k] = g[k] + u_hw[ci] + A(tie ? 1 : 0) * v_hw[ci];
+        const bool tie = split ? xv[k] == chan.max(k) : ch.pix(k) == chan.arg(k);
+        g[k] = g[k] + chan.u[k] + A(tie ? 1 : 0) * chan.v[k];
       }
     }
   }
@@ -590,6 +748,12 @@ template <typename T, bool CL> struct InputGradOp {
 
 // ------------------------------------------------------------------------- the kernels, per pass
 // Thin wrappers over the shared bodies: one name per pass and role.
+
+// Resident CTAs per SM that ptxas must allow in input_grad (__launch_bounds__): its 16-bit column
+// operands in registers took it from 3 to 2 otherwise. No spills at this bound on the checked
+// archs (tests/test_cuda_build.py); the other kernels spilled at their old occupancy, so have none.
+constexpr int kInputGradMinCtas = 3;
+
 template <typename T, bool CL>
 __global__ void pool_hw_tiles(PoolHwOp<T, CL> op, Tiling t, PoolStat<acc_of<T>>* __restrict__ row_part,
                               PoolStat<acc_of<T>>* __restrict__ col_part) {
@@ -655,7 +819,8 @@ __global__ void apply_gates_tiles(ApplyGatesOp<T, CL> op, Tiling t, T* out) {
 }
 
 template <typename T, bool CL>
-__global__ void input_grad_tiles(InputGradOp<T, CL> op, Tiling t, T* out) {
+__global__ void __launch_bounds__(kThreads, kInputGradMinCtas) input_grad_tiles(InputGradOp<T, CL> op, Tiling t,
+                                                                                T* out) {
   map_tiles<T, CL>(op, t, out);
 }
 
