@@ -19,6 +19,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -249,20 +250,29 @@ void reduce_row(const T* x, const acc_t<T>* scale, int64_t len, acc_t<T>& sum, A
                                            vmax),
                    static_cast<A>(c0), 1};
     if constexpr (kTrack) {
+      // The first position: vectors are tested until one holds the max (a lane bit test, no
+      // per-lane position tracking); then the count from that vector on (none before it).
       const bool nan = std::isnan(part.max);
-      const Vec<A> target(part.max), one(1), none(static_cast<A>(len));
-      Vec<A> vcnt(0), vfirst(none), at = Vec<A>::arange(static_cast<A>(c0), 1);
-      const auto visit = [&](const Vec<A>& v, Vec<A> hit) {
-        hit = hit & (nan ? v.isnan() : v == target);
-        vcnt = vcnt + (hit & one);
-        vfirst = at::vec::minimum(vfirst, Vec<A>::blendv(none, at, hit));
-        at = at + Vec<A>(static_cast<A>(L));
+      const Vec<A> target(part.max), one(1);
+      const auto hits = [&](int64_t i) {  // lanes of the vector at i that hold the max
+        const bool partial = i == full;
+        const Vec<A> v = value(i, partial ? rest : L);
+        const Vec<A> hit = nan ? v.isnan() : v == target;
+        return partial ? hit & tail : hit;
       };
-      const Vec<A> all = VecArgMax<A>::all_lanes();
-      for (int64_t i = c0; i < full; i += L) visit(value(i, L), all);
-      if (rest) visit(value(full, rest), tail);
-      part.pos = at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return at::vec::minimum(p, q); },
-                                         vfirst);
+      const int64_t stop = rest ? full + L : full;  // vectors start at c0, c0 + L, .. < stop
+      constexpr int kLanes = (1 << L) - 1;
+      int64_t i = c0;
+      part.pos = static_cast<A>(len);  // stays only if nothing matched: cannot be, part.max is a value
+      for (; i < stop; i += L) {
+        const int lanes = ~hits(i).zero_mask() & kLanes;  // hit lanes are all ones, never zero
+        if (lanes) {
+          part.pos = static_cast<A>(i + std::countr_zero(static_cast<unsigned>(lanes)));
+          break;
+        }
+      }
+      Vec<A> vcnt(0);
+      for (; i < stop; i += L) vcnt = vcnt + (hits(i) & one);
       part.cnt = nan ? A(1) : at::vec::vec_reduce_all(add, vcnt);
     }
     st.merge(part);
