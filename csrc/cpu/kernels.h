@@ -305,11 +305,13 @@ inline int64_t grain_for(int64_t elems_per_item) {  // ~32K elements per task
 // NCHW passes that walk the channels of a pixel block read short row segments (0.5-2 KB) one image
 // plane apart; the hardware prefetchers do not follow that pattern and the loads wait on memory.
 // So the segment a few channels ahead is prefetched by hand (about kPrefetchBytes ahead; a prefetch
-// never faults, but only rows that exist are fetched). Changes no result.
+// never faults, but only rows that exist are fetched). A block that spans the whole image is read
+// sequentially, which the prefetchers follow: no prefetch there (0 rows ahead). Changes no result.
 constexpr int64_t kPrefetchBytes = 8192;
 
 template <typename T>
-int64_t prefetch_rows_ahead(int64_t segment_elems) {
+int64_t prefetch_rows_ahead(int64_t segment_elems, int64_t plane_elems) {
+  if (segment_elems >= plane_elems) return 0;
   return std::max<int64_t>(1, kPrefetchBytes / std::max<int64_t>(1, segment_elems * static_cast<int64_t>(sizeof(T))));
 }
 
@@ -490,13 +492,13 @@ void pool_c(const PoolCArgs& args) {
         const int64_t full = width / L, rest = width % L;
         for (int64_t j = 0; j < kVecs; ++j) sums[j] = Vec<A>(0);
         const Vec<A> valid = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
-        const int64_t ahead = prefetch_rows_ahead<T>(width);
+        const int64_t ahead = prefetch_rows_ahead<T>(width, P);
         for (int64_t c = 0; c < C; ++c) {
           const Vec<A> at(static_cast<A>(c));
           for (int64_t k = 0; k < samples; ++k) {  // sample n0 + k: vectors k * vecs ..
             const int64_t n = n0 + k;
             const T* row = x + (n * C + c) * P + p0;
-            if (c + ahead < C) prefetch_segment(row + ahead * P, width);
+            if (ahead && c + ahead < C) prefetch_segment(row + ahead * P, width);
             const Vec<A> ac(a ? a[n * C + c] : A(1));
             Vec<A>* sum = sums + k * vecs;
             Tracker<A, kTrack>* tr = trs + k * vecs;
@@ -651,14 +653,14 @@ void gate_grads(const GateGradsArgs& args) {
         // kG channels at a time: each pixel vector's gs accumulator and s are loaded once per group,
         // the group's ga accumulators stay in registers. Every sum keeps its order (gs over channels,
         // ga over pixels), so the grouping does not change a bit.
-        const int64_t ahead = prefetch_rows_ahead<T>(width);
+        const int64_t ahead = prefetch_rows_ahead<T>(width, P);
         const auto channels = [&](int64_t c0, auto group) {
           constexpr int64_t kG = decltype(group)::value;
           Vec<A> ac[kG], ga_acc[kG];
           for (int64_t k = 0; k < kG; ++k) {
             ac[k] = Vec<A>(a ? a[n * C + c0 + k] : A(1));
             ga_acc[k] = Vec<A>(0);
-            if (c0 + k + ahead < C) {
+            if (ahead && c0 + k + ahead < C) {
               const int64_t off = (n * C + c0 + k + ahead) * P + p0;
               if (!kGyC) prefetch_segment(gy.gy + off, width);
               prefetch_segment(x + off, width);
@@ -749,10 +751,10 @@ void pool_c_grad_a(const PoolCGradAArgs& args) {
         const int64_t width = std::min(kBlock, P - p0);
         const int64_t q = n * P + p0;  // offset of the block in the [N,P] arrays
         A* part = partials + (n * blocks + b) * C;
-        const int64_t ahead = prefetch_rows_ahead<T>(width);
+        const int64_t ahead = prefetch_rows_ahead<T>(width, P);
         for (int64_t c = 0; c < C; ++c) {
           const T* row = x + (n * C + c) * P + p0;
-          if (c + ahead < C) prefetch_segment(row + ahead * P, width);
+          if (ahead && c + ahead < C) prefetch_segment(row + ahead * P, width);
           const Vec<A> ac(a[n * C + c]);
           Vec<A> acc(0);
           for (int64_t i = 0; i < width; i += L) {
