@@ -71,18 +71,24 @@ def test_no_spills_no_stack():
     print("ptxas registers per kernel:\n" + table)
 
 
-@pytest.mark.slow
-def test_reductions_keep_loads_in_flight():
-    """The row loop of every reduction tile kernel (every dtype and layout) issues at least
-    MIN_LOADS_IN_FLIGHT independent 16-byte loads before it uses one, read off the sm_90 SASS
-    (kernel_resources.loop_loads_in_flight)."""
+def sm90_sass():
+    """The sm_90 SASS of every kernel of the test build, by mangled name, and the demangled names
+    (skips where nvcc or cuobjdump is missing)."""
     cuobjdump = find_cuobjdump()
     if cuobjdump is None:
         pytest.skip("cuobjdump not found (neither beside nvcc nor in Triton)")
     proc, obj = compile_or_skip()
     assert proc.returncode == 0, f"nvcc failed:\n{proc.stderr[-5000:]}"
     sass = sass_functions(obj, cuobjdump, "sm_90")
-    names = demangle(sorted(sass))
+    return sass, demangle(sorted(sass))
+
+
+@pytest.mark.slow
+def test_reductions_keep_loads_in_flight():
+    """The row loop of every reduction tile kernel (every dtype and layout) issues at least
+    MIN_LOADS_IN_FLIGHT independent 16-byte loads before it uses one, read off the sm_90 SASS
+    (kernel_resources.loop_loads_in_flight)."""
+    sass, names = sm90_sass()
     loads = {names[m].split("(", 1)[0].removeprefix("void cbam_fused::cuda::"): loop_loads_in_flight(code)
              for m, code in sass.items() if any(f"::{k}<" in names[m] for k in REDUCTION_TILE_KERNELS)}
     assert len(loads) == len(REDUCTION_TILE_KERNELS) * TILE_INSTANCES, f"missing kernels: {sorted(loads)}"
@@ -98,13 +104,7 @@ def test_input_grad_loads_no_operand_per_element():
     (a bound that does not grow with the elements per row chunk), plus, for 32-bit elements only, the
     scalar path's loads of gy and x (2 per element). The columns' operands are loaded before the loop.
     The row loop is the innermost loop holding the row's 16-byte store (one per row)."""
-    cuobjdump = find_cuobjdump()
-    if cuobjdump is None:
-        pytest.skip("cuobjdump not found (neither beside nvcc nor in Triton)")
-    proc, obj = compile_or_skip()
-    assert proc.returncode == 0, f"nvcc failed:\n{proc.stderr[-5000:]}"
-    sass = sass_functions(obj, cuobjdump, "sm_90")
-    names = demangle(sorted(sass))
+    sass, names = sm90_sass()
     found = {}
     for mangled, code in sass.items():
         name = names[mangled].split("(", 1)[0].removeprefix("void cbam_fused::cuda::")
