@@ -19,7 +19,6 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -35,6 +34,18 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <typename A>
 using Vec = at::vec::Vectorized<A>;
+
+// The index of the lowest set bit of a nonzero mask. Not std::countr_zero: that is C++20, and torch
+// 2.11 builds extensions as C++17.
+inline int lowest_set_bit(unsigned mask) {
+#if defined(__GNUC__) || defined(__clang__)
+  return __builtin_ctz(mask);
+#else
+  int i = 0;
+  for (; (mask & 1u) == 0; mask >>= 1) ++i;
+  return i;
+#endif
+}
 
 // Loads and stores of L values of T as a Vec<acc_t<T>>; the `n` overloads handle a partial vector
 // (loads fill the missing lanes with zeros).
@@ -267,7 +278,7 @@ void reduce_row(const T* x, const acc_t<T>* scale, int64_t len, acc_t<T>& sum, A
       for (; i < stop; i += L) {
         const int lanes = ~hits(i).zero_mask() & kLanes;  // hit lanes are all ones, never zero
         if (lanes) {
-          part.pos = static_cast<A>(i + std::countr_zero(static_cast<unsigned>(lanes)));
+          part.pos = static_cast<A>(i + lowest_set_bit(static_cast<unsigned>(lanes)));
           break;
         }
       }
