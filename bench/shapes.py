@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 # The five shapes at which the CPU targets (runner.TARGETS) are set, fp32.
-ISSUE2 = [(8, 256, 56, 56), (8, 512, 28, 28), (8, 1024, 14, 14), (8, 2048, 7, 7), (32, 64, 56, 56)]
+CPU_TARGETS = [(8, 256, 56, 56), (8, 512, 28, 28), (8, 1024, 14, 14), (8, 2048, 7, 7), (32, 64, 56, 56)]
 
 # Outputs of the four ResNet-50 stages (224x224 input), where CBAM sits in CBAM-ResNet: C, H, W.
 RESNET50_STAGES = [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
 
 SHAPE_SETS: dict[str, list[tuple[int, int, int, int]]] = {
-    "issue2": ISSUE2,
+    "targets": CPU_TARGETS,
     "resnet50": [(n, *chw) for n in (8, 32) for chw in RESNET50_STAGES],
     # MobileNetV2-like light blocks (few channels; C=24 gives a hidden width of 1 at r=16).
     "mobilenet": [(32, 24, 56, 56), (32, 32, 28, 28), (32, 96, 14, 14), (32, 320, 7, 7)],
@@ -18,7 +18,7 @@ SHAPE_SETS: dict[str, list[tuple[int, int, int, int]]] = {
     "tiny": [(2, 32, 8, 8), (2, 48, 5, 9)],
 }
 
-DEFAULT_SETS = ("issue2", "resnet50", "mobilenet", "neck")
+DEFAULT_SETS = ("targets", "resnet50", "mobilenet", "neck")
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int]:
