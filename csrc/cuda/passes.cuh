@@ -343,6 +343,11 @@ __device__ inline Operands<A, W> load_operands(const A* gate, const A* u, const 
   return o;
 }
 
+// The operands of an op that reads none on a side: all unset (0), never read.
+template <typename A, int W> __device__ inline Operands<A, W> no_operands() {
+  return load_operands<A, W>(nullptr, nullptr, nullptr, nullptr, nullptr, false, 0, 0);
+}
+
 // A row's operands (one value), as W columns' (the same value in each), so that values() reads
 // both sides alike; the copies cost no registers.
 template <typename A, int W> __device__ inline Operands<A, W> broadcast(const Operands<A, 1>& one) {
@@ -355,7 +360,8 @@ template <typename A, int W> __device__ inline Operands<A, W> broadcast(const Op
 }
 
 // The operands of a chunk's columns (V of them, once per column chunk: `cols`) and of its row
-// (`row`, once per row), for an op with channel_operands / pixel_operands.
+// (`row`, once per row), from the op's channel_operands / pixel_operands: which side is the
+// columns follows from the layout.
 template <bool CL, int V, class Op>
 __device__ inline auto col_operands(const Op& op, index_t n, index_t col, int cnt) {
   if constexpr (CL) return op.template channel_operands<V>(n, col, cnt);
@@ -390,7 +396,7 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
     const index_t col = col_tile * (kLanes * V) + index_t(lane) * V;
     const index_t left = t.cols_len - col;
     const int cnt = left <= 0 ? 0 : (left < V ? int(left) : V);
-    const auto cols = op.cols(n, col, cnt);  // the columns' small operands, once per column chunk
+    const auto cols = col_operands<CL, V>(op, n, col, cnt);  // once per column chunk
     Stat down[V];  // per column, across this thread's rows
 #pragma unroll
     for (int k = 0; k < V; ++k) down[k] = Stat::identity();
@@ -514,10 +520,10 @@ template <typename T, bool CL> struct PoolHwOp {
   __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
     return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
   }
-  struct None {};
-  __device__ None cols(index_t, index_t, int) const { return {}; }
+  template <int W> __device__ Operands<A, W> channel_operands(index_t, index_t, int) const { return no_operands<A, W>(); }
+  template <int W> __device__ Operands<A, W> pixel_operands(index_t, index_t, int) const { return no_operands<A, W>(); }
   template <int V>
-  __device__ void values(const Chunk<CL>&, None, const Raw& raw, A (&over_p)[V], A (&)[V]) const {
+  __device__ void values(const Chunk<CL>&, const Operands<A, V>&, const Raw& raw, A (&over_p)[V], A (&)[V]) const {
     unpack<T>(raw.w[0], over_p);
   }
 };
@@ -538,12 +544,7 @@ template <typename T, bool CL> struct PoolCOp {
   template <int W> __device__ Operands<A, W> channel_operands(index_t n, index_t c0, int cnt) const {
     return load_operands<A, W>(a, nullptr, nullptr, nullptr, nullptr, false, n * c + c0, cnt);
   }
-  template <int W> __device__ Operands<A, W> pixel_operands(index_t, index_t, int) const {
-    return load_operands<A, W>(nullptr, nullptr, nullptr, nullptr, nullptr, false, 0, 0);
-  }
-  __device__ auto cols(index_t n, index_t col, int cnt) const {
-    return col_operands<CL, vec_of<T>()>(*this, n, col, cnt);
-  }
+  template <int W> __device__ Operands<A, W> pixel_operands(index_t, index_t, int) const { return no_operands<A, W>(); }
   template <int V>
   __device__ void values(const Chunk<CL>& ch, const Operands<A, V>& cols, const Raw& raw, A (&)[V],
                          A (&over_c)[V]) const {
@@ -577,9 +578,6 @@ template <typename T, bool CL> struct GateGradsOp {
   }
   template <int W> __device__ Operands<A, W> pixel_operands(index_t n, index_t p0, int cnt) const {
     return load_operands<A, W>(s, nullptr, nullptr, nullptr, nullptr, false, n * p + p0, cnt);
-  }
-  __device__ auto cols(index_t n, index_t col, int cnt) const {
-    return col_operands<CL, vec_of<T>()>(*this, n, col, cnt);
   }
   template <int V>
   __device__ void values(const Chunk<CL>& ch, const Operands<A, V>& cols, const Raw& raw, A (&over_p)[V],
@@ -621,9 +619,6 @@ template <typename T, bool CL> struct PoolCGradAOp {
   template <int W> __device__ Operands<A, W> pixel_operands(index_t n, index_t p0, int cnt) const {
     return load_operands<A, W>(nullptr, u, v, max, arg, split, n * p + p0, cnt);
   }
-  __device__ auto cols(index_t n, index_t col, int cnt) const {
-    return col_operands<CL, vec_of<T>()>(*this, n, col, cnt);
-  }
   template <int V>
   __device__ void values(const Chunk<CL>& ch, const Operands<A, V>& cols, const Raw& raw, A (&over_p)[V],
                          A (&)[V]) const {
@@ -649,7 +644,7 @@ template <typename T, bool CL> struct PoolCGradAOp {
 };
 
 // ----------------------------------------------------------------------------- elementwise passes
-// The body of the elementwise passes' *_tiles kernels: per column chunk, the op's `cols` (the columns'
+// The body of the elementwise passes' *_tiles kernels: per column chunk, `cols` (the columns'
 // small operands, loaded before the row loop), then one row at a time `values` from them.
 template <typename T, bool CL, class Op>
 __device__ __forceinline__ void map_tiles(const Op& op, const Tiling& t, T* out) {
@@ -663,7 +658,7 @@ __device__ __forceinline__ void map_tiles(const Op& op, const Tiling& t, T* out)
     const index_t left = t.cols_len - col;
     if (left <= 0) continue;
     const int cnt = left < V ? int(left) : V;
-    const auto cols = op.cols(n, col, cnt);  // the columns' small operands, once per column chunk
+    const auto cols = col_operands<CL, V>(op, n, col, cnt);  // once per column chunk
     for (index_t r = r0 + warp; r < r1; r += kWarps) {
       Chunk<CL> ch{n, r, col, (n * t.rows_len + r) * t.cols_len + col, cnt};
       A y[V];
@@ -684,9 +679,6 @@ template <typename T, bool CL> struct ApplyGatesOp {
   }
   template <int W> __device__ Operands<A, W> pixel_operands(index_t n, index_t p0, int cnt) const {
     return load_operands<A, W>(s, nullptr, nullptr, nullptr, nullptr, false, n * p + p0, cnt);
-  }
-  __device__ auto cols(index_t n, index_t col, int cnt) const {
-    return col_operands<CL, vec_of<T>()>(*this, n, col, cnt);
   }
   template <int V> __device__ void values(const Chunk<CL>& ch, const Operands<A, V>& cols, A (&y)[V]) const {
     const Operands<A, V> row = row_operands<CL, V>(*this, ch);
@@ -718,9 +710,6 @@ template <typename T, bool CL> struct InputGradOp {
   }
   template <int W> __device__ Operands<A, W> pixel_operands(index_t n, index_t p0, int cnt) const {
     return load_operands<A, W>(s, u_c, v_c, max_c, arg_c, split, n * p + p0, cnt);
-  }
-  __device__ auto cols(index_t n, index_t col, int cnt) const {
-    return col_operands<CL, vec_of<T>()>(*this, n, col, cnt);
   }
   template <int V> __device__ void values(const Chunk<CL>& ch, const Operands<A, V>& cols, A (&g)[V]) const {
     const Operands<A, V> row = row_operands<CL, V>(*this, ch);
