@@ -36,16 +36,9 @@ template <typename A>
 using Vec = at::vec::Vectorized<A>;
 
 // The index of the lowest set bit of a nonzero mask. Not std::countr_zero: that is C++20, and torch
-// 2.11 builds extensions as C++17.
-inline int lowest_set_bit(unsigned mask) {
-#if defined(__GNUC__) || defined(__clang__)
-  return __builtin_ctz(mask);
-#else
-  int i = 0;
-  for (; (mask & 1u) == 0; mask >>= 1) ++i;
-  return i;
-#endif
-}
+// 2.11 builds extensions as C++17. The CPU kernels are GCC/Clang-only already (__builtin_prefetch,
+// __builtin_cpu_supports in ops_cpu.cpp).
+inline int lowest_set_bit(unsigned mask) { return __builtin_ctz(mask); }
 
 // Loads and stores of L values of T as a Vec<acc_t<T>>; the `n` overloads handle a partial vector
 // (loads fill the missing lanes with zeros).
