@@ -149,7 +149,8 @@ def predict(name: str, shape: tuple[int, int, int, int], layout: str, run: PassR
     tile = run.launches[0]
     row_tiles, col_tiles = tile.grid[0] // n, tile.grid[1]
     rows_len, cols_len = (p, c) if layout == "channels_last" else (c, p)
-    rows_per_warp = math.ceil(rows_len / row_tiles / WARPS_PER_CTA)
+    groups = 32 // run.row_lanes  # rows a warp takes at once, a lane group each (short rows: NCHW 7x7)
+    rows_per_warp = math.ceil(rows_len / row_tiles / WARPS_PER_CTA / groups)  # per lane group
     reads = len(PASS_TRAFFIC[name][0])
     loads = max(r.loads_in_flight, 1)
     group = max(loads // reads, 1)
@@ -162,7 +163,7 @@ def predict(name: str, shape: tuple[int, int, int, int], layout: str, run: PassR
     moved = full + run.workspace_bytes + run.small_read_bytes
     t_bandwidth = moved / PEAK_HBM_BYTES_S
     t_latency = rounds * trips * HBM_LATENCY_S
-    chunk_bytes = cols_len / col_tiles * ELEMENT_BYTES  # a warp's share of one row
+    chunk_bytes = groups * cols_len / col_tiles * ELEMENT_BYTES  # a warp's share of its rows at one step
     in_flight = min(resident, tile.ctas / SM_COUNT) * WARPS_PER_CTA * max(r.loads_in_flight, 1) * chunk_bytes
     return Prediction(tile.ctas, tile.ctas / (SM_COUNT * resident), in_flight / 1024, moved,
                       t_bandwidth / max(t_bandwidth, t_latency), "latency" if t_latency > t_bandwidth else "bandwidth")
@@ -207,7 +208,9 @@ Every kernel runs CTAs of 8 warps (32 x 8 threads). A warp owns one column tile 
 bytes (256 fp16 elements) and walks its rows of the CTA's tile: the elementwise passes one row per
 iteration (`map_tiles` in `csrc/cuda/passes.cuh`), the reductions four rows per iteration, whose
 loads are all issued before the first row is folded, then the rows left over one at a time
-(`reduce_tiles`, `kRowUnroll`).
+(`reduce_tiles`, `kRowUnroll`). Where a row holds at most 128 fp16 elements, a warp takes several
+rows at once, a group of 8 or 16 lanes each (`row_lanes_for`): here NCHW 7x7, whose 49-pixel rows
+go four to a warp; the model counts a lane group's rows and a warp's bytes per step accordingly.
 
 - **Bytes moved** by a tile kernel: the full-size tensors of the pass (`PASS_TRAFFIC` in
   `bench/budget.py`: reads and writes, in units of |x|), plus the partials it writes (the
@@ -219,8 +222,9 @@ loads are all issued before the first row is folded, then the rows left over one
 - **Loads in flight** per thread: the most 16-byte global loads (`LDG.E.128`) the SASS issues before
   one of them is used, reading each innermost loop in address order (the small operands' 16-byte
   loads before a row loop are left out). A row loop that is not unrolled shows 1.
-  A warp then has `loads x 32 lanes x 16 bytes` in flight (less where its rows are shorter than 256
-  elements: NCHW 14x14 and 7x7), and an SM that many times its resident warps.
+  A warp then has `loads x 32 lanes x 16 bytes` in flight (less where its lanes' chunks are not
+  full: NCHW 14x14 rows of 196 elements fill 25 of 32 lanes, 7x7 rows of 49 elements 7 of a group's
+  8), and an SM that many times its resident warps.
 - **Time** is the larger of two bounds. Bandwidth: bytes moved / peak. Latency: a warp makes
   `rows x reads / loads in flight` dependent trips to memory of {latency_ns} ns each (`reads`: the
   full-size tensors it reads per row; `gate_grads` reads two, gy and x, loaded together; a
@@ -234,8 +238,8 @@ loads are all issued before the first row is folded, then the rows left over one
   its last, read off the sm_90 SASS, where a merge per row took 130 to 180),
   the loads of the small operands (once per column chunk before a warp's row loop, and one value
   per row; at most four per row, in `input_grad`), the
-  lanes that take the scalar path (rows of NCHW 7x7, and half of those of 14x14, are not 16-byte
-  aligned), launch overhead (microseconds per launch,
+  narrower loads of rows that are not 16-byte aligned (NCHW 7x7 rows element by element, half of
+  those of 14x14 in two 8-byte loads), launch overhead (microseconds per launch,
   comparable at N={n_small} to a kernel's own time), and L2 hits (at N={n_small}, x is
   {x_lo:.1f}-{x_hi:.1f} MB and may still be in L2 from the layer that wrote it).
 - **Waves** = CTAs / ({sms} x resident CTAs per SM): below 1 the device is not full.

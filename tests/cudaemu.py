@@ -74,7 +74,12 @@ def torch_includes() -> list[str]:
 # otherwise be a GNU_UNIQUE symbol, which the dynamic linker unifies with the same object in the real
 # CUDA module (cbam_fused._cuda) when both are loaded: the emulator's table then pointed at the real
 # launchers ("CUDA driver version is insufficient", observed).
-EMU_FLAGS = ("-O2", "-fno-strict-aliasing", "-fno-gnu-unique")
+# -fno-tree-slp-vectorize: load_words (csrc/cuda/passes.cuh) reads a chunk through a uint4 when the
+# caller found it 16-byte aligned, else element by element; g++ 12's SLP vectorizer joined the two
+# 8-byte element loads of a double chunk into one aligned 16-byte load (movdqa), as if the uint4
+# branch's alignment held on the other branch too: a segfault on odd rows (observed, pool_c fp64
+# channels_last with 37 channels).
+EMU_FLAGS = ("-O2", "-fno-strict-aliasing", "-fno-gnu-unique", "-fno-tree-slp-vectorize")
 
 
 def build(extra_flags: tuple[str, ...] = EMU_FLAGS, source: Path | None = None, shared: bool = True,
@@ -138,6 +143,7 @@ def _declare(lib):
         "set_reduce_rows": (None, [L]),
         "workspace": (L, [I, *G]),
         "conv_grad_workspace": (L, conv),
+        "row_lanes": (I, [L, I]),
         "pool_hw": (I, [*G, V, V, V, V, V, V]),
         "pool_c": (I, [*G, V, V, V, V, V, V, V]),
         "apply_gates": (I, [*G, V, V, V, V]),
@@ -450,6 +456,7 @@ class PassRun(NamedTuple):
     workspace_bytes: int  # the partials (csrc/cuda/passes.cuh, workspace_bytes), written then read back
     small_read_bytes: int  # the [N, C] and [N, P] operands handed to the pass (index-style ties)
     small_write_bytes: int  # its [N, C] and [N, P] results
+    row_lanes: int  # lanes per row of its tiles (passes.cuh, row_lanes_for): a warp takes 32 / row_lanes rows at once
 
 
 def pass_runs(cases: list[dict], sm_count: int, dry_run: bool = True) -> list[PassRun]:
@@ -461,7 +468,7 @@ def pass_runs(cases: list[dict], sm_count: int, dry_run: bool = True) -> list[Pa
     env = dict(CUDACPU_SM_COUNT=str(sm_count), CUDACPU_DRY_RUN="1" if dry_run else "0")
     found = _in_child("pass_runs", cases, env)
     return [PassRun([Launch(k, tuple(g), tuple(b)) for k, g, b in run["launches"]], run["workspace_bytes"],
-                    run["small_read_bytes"], run["small_write_bytes"]) for run in found]
+                    run["small_read_bytes"], run["small_write_bytes"], run["row_lanes"]) for run in found]
 
 
 def pass_launches(cases: list[dict], sm_count: int, dry_run: bool = True) -> list[list[Launch]]:
@@ -514,8 +521,11 @@ def _pass_runs_child(cases: list[dict]) -> None:
         x, reads, writes = _run_pass(passes, case["name"], case["shape"], getattr(torch, case["dtype"]),
                                      case["layout"])
         workspace = int(passes.lib.cbam_emu_workspace(PASS_IDS[case["name"]], *_geometry(x)))
+        n, c, h, w = x.shape
+        cols_len = c if case["layout"] == "channels_last" else h * w
         found.append(dict(launches=launch_log(log, start), workspace_bytes=workspace,
-                          small_read_bytes=nbytes(reads), small_write_bytes=nbytes(writes)))
+                          small_read_bytes=nbytes(reads), small_write_bytes=nbytes(writes),
+                          row_lanes=int(passes.lib.cbam_emu_row_lanes(cols_len, x.element_size()))))
     print(json.dumps(found))
 
 

@@ -126,38 +126,51 @@ def test_channel_mlp_rejects_bad_arguments(emu):
                                     m.data_ptr(), m.data_ptr()) != 0
 
 
+def row_lanes(columns, vec):
+    """Lanes per row (docs/design.md §4.5): the fewest of 32, 16, 8, 4 that hold the row's chunks of
+    vec columns, but at least 4; 32 for rows longer than 16 chunks."""
+    lanes = 32
+    while lanes > 4 and (lanes // 2) * vec >= columns:
+        lanes //= 2
+    return lanes
+
+
 def lane_tree_sum(row, vec):
     """A row's sum as reduce_tiles forms it (csrc/cuda/passes.cuh, docs/design.md §4.5), in float32:
-    per column tile of 32 lanes x vec, each lane adds its vec columns in order, the lanes merge in the
-    tree (l, l^16), then ^8, ..., 1; the finishing kernel adds the tiles in tile order."""
+    per column tile of `lanes` lanes x vec (row_lanes), each lane adds its vec columns in order, the
+    lanes merge in the tree (l, l ^ lanes/2), then ^ lanes/4, ..., 1; the finishing kernel adds the
+    tiles in tile order."""
     f = np.float32
+    lanes = row_lanes(len(row), vec)
     total = None
-    for t0 in range(0, len(row), 32 * vec):
-        lanes = []
-        for lane in range(32):
+    for t0 in range(0, len(row), lanes * vec):
+        sums = []
+        for lane in range(lanes):
             s = f(0)
             for v in row[t0 + lane * vec:t0 + lane * vec + vec]:
                 s = f(s + v)
-            lanes.append(s)
-        d = 16
+            sums.append(s)
+        d = lanes // 2
         while d:
-            lanes = [f(lanes[lane] + lanes[lane ^ d]) for lane in range(32)]
+            sums = [f(sums[lane] + sums[lane ^ d]) for lane in range(lanes)]
             d //= 2
-        total = lanes[0] if total is None else f(total + lanes[0])
+        total = sums[0] if total is None else f(total + sums[0])
     return total
 
 
+@pytest.mark.parametrize("columns", [300, 49, 13])
 @pytest.mark.parametrize("rows", [0, 8])
-def test_sums_along_a_row_are_the_lane_tree(emu, rows):
+def test_sums_along_a_row_are_the_lane_tree(emu, rows, columns):
     """The documented order of a sum along the contiguous axis, bitwise, where the warp merges rows
     four at a time (43 rows: groups of four, short groups of one and two) and one at a time (8-row
-    tiles): pool_hw in NCHW and pool_c in channels_last, fp32, 300 columns (3 tiles, the last short),
-    values over 9 decades so that any other order shows in the last bits."""
+    tiles): pool_hw in NCHW and pool_c in channels_last, fp32, 300 columns (3 tiles of 32 lanes, the
+    last short), 49 (rows of 16 lanes, two per warp) and 13 (rows of 4 lanes, eight per warp), values
+    over 9 decades so that any other order shows in the last bits."""
     g = torch.Generator().manual_seed(1)
-    rows_x = torch.randn(43, 300, generator=g) * 10.0 ** torch.randint(-4, 5, (43, 300), generator=g).float()
-    want = torch.tensor([lane_tree_sum(r.numpy(), 4) / np.float32(300) for r in rows_x])
+    rows_x = torch.randn(43, columns, generator=g) * 10.0 ** torch.randint(-4, 5, (43, columns), generator=g).float()
+    want = torch.tensor([lane_tree_sum(r.numpy(), 4) / np.float32(columns) for r in rows_x])
     e = emu.EmuPasses(rows=rows)
-    nchw = rows_x.reshape(1, 43, 1, 300)
-    nhwc = rows_x.t().reshape(1, 300, 1, 43).contiguous(memory_format=torch.channels_last)
+    nchw = rows_x.reshape(1, 43, 1, columns)
+    nhwc = rows_x.t().reshape(1, columns, 1, 43).contiguous(memory_format=torch.channels_last)
     assert torch.equal(e.pool_hw(nchw)[0][0], want)
     assert torch.equal(e.pool_c(nhwc, None)[0][0], want)

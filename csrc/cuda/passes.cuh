@@ -11,9 +11,10 @@
 // Geometry. x is [N, C, P] with P = H*W, NCHW (p contiguous) or channels_last (c contiguous). Each
 // sample is a matrix of Ls "rows" along the strided axis by Lc "columns" along the contiguous axis:
 // NCHW: rows are channels, columns pixels; channels_last: rows are pixels, columns channels. A block
-// (32 lanes x 8 warps) owns a tile of `rows` rows by 32*VEC columns; lane l loads the VEC columns
-// [l*VEC, l*VEC+VEC) of each of its warp's rows with one 16-byte load when the address is aligned
-// and the chunk is full, else element by element (the scalar tail). All element offsets are int64.
+// (32 lanes x 8 warps) owns a tile of `rows` rows by 32*VEC columns (fewer for short rows, below);
+// lane l loads the VEC columns [l*VEC, l*VEC+VEC) of each of its warp's rows with one 16-byte load
+// when the address is aligned and the chunk is full, else element by element (the scalar tail).
+// All element offsets are int64.
 // The small [N, C] and [N, P] operands are loaded once per column chunk (those of the columns) and
 // once per row (that of the row), not per element (see "the small operands" below).
 //
@@ -31,8 +32,12 @@
 // Partials add at most sizeof(Stat) bytes per 32*VEC elements of a row (along the columns) or per
 // `rows` elements of a column (across the rows): about 3% of |x| for 16-bit pools with 256-row tiles.
 // Tiles that reduce_tiling shortens to fill the device at small batches make more (up to about |x|
-// with 8-row tiles), on tensors small enough to stay in L2. Lanes past the end of a short row idle
-// (C < 32*VEC in channels_last, P < 32*VEC in NCHW): correct, but such shapes use the GPU poorly.
+// with 8-row tiles), on tensors small enough to stay in L2. Short rows (at most 16*VEC elements:
+// NCHW 7x7, channels_last with C <= 128 in 16-bit types) share a warp: groups of row_lanes lanes
+// (8 or 16, at least 4) take a row each, so that a warp works on several rows at once
+// (row_lanes_for). In the elementwise passes, rows that are 8- but not 16-byte aligned (NCHW 14x14
+// in 16-bit types: every other row) load and store 8 bytes at a time; the reductions, and rows not
+// 8-byte aligned, go element by element.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -74,34 +79,78 @@ constexpr int kRowUnroll = 4;       // rows whose loads a reduction thread issue
 
 template <typename T> constexpr int vec_of() { return 16 / int(sizeof(T)); }  // elements per 16 bytes
 
+// Lanes that share one row: 32, or fewer where a row is short (at most 16 * vec elements), so that
+// a warp takes kLanes / row_lanes rows at once and keeps its lanes busy (NCHW 7x7, channels_last
+// with few channels). At least kMinRowLanes, the rows a reduction thread merges at once
+// (warp_reduce_rows needs as many lanes per row).
+constexpr int kMinRowLanes = kRowUnroll;
+
+inline int row_lanes_for(index_t cols_len, int vec) {
+  int lanes = kLanes;
+  while (lanes > kMinRowLanes && index_t(lanes / 2) * vec >= cols_len) lanes /= 2;
+  return lanes;
+}
+
+constexpr int kLog2Lanes = 5;
+static_assert(kLanes == 1 << kLog2Lanes, "kLog2Lanes");
+
+inline int log2_of(int pow2) {
+  int k = 0;
+  while ((1 << k) < pow2) ++k;
+  return k;
+}
+
 // Problem shape and tiling, computed on the host.
 struct Tiling {
   index_t n = 0, c = 0, p = 0;
   bool channels_last = false;
   index_t rows_len = 0, cols_len = 0;  // Ls, Lc
+  // log2 of the lanes per row (row_lanes_for): the device splits a lane's index with shifts, not divisions
+  int row_lanes_log2 = kLog2Lanes;
   index_t rows = 0;                    // rows per tile, a multiple of kWarps
   index_t row_tiles = 0, col_tiles = 0;
+  __host__ __device__ int row_lanes() const { return 1 << row_lanes_log2; }
+  // rows the CTA's warps take in one step, one per lane group
+  __host__ __device__ index_t step_rows() const { return index_t(kWarps) << (kLog2Lanes - row_lanes_log2); }
 };
 
+// The tiling of a shape into tiles of `rows` rows (of kLanes * vec columns, or row_lanes * vec).
 template <typename T>
 inline Tiling make_tiling(index_t n, index_t c, index_t p, bool channels_last, index_t rows) {
   Tiling t;
   t.n = n; t.c = c; t.p = p; t.channels_last = channels_last;
   t.rows_len = channels_last ? p : c;
   t.cols_len = channels_last ? c : p;
+  t.row_lanes_log2 = log2_of(row_lanes_for(t.cols_len, vec_of<T>()));
   t.rows = rows;
   t.row_tiles = (t.rows_len + rows - 1) / rows;
-  t.col_tiles = (t.cols_len + kLanes * vec_of<T>() - 1) / (kLanes * vec_of<T>());
+  const index_t tile_cols = index_t(t.row_lanes()) * vec_of<T>();
+  t.col_tiles = (t.cols_len + tile_cols - 1) / tile_cols;
   return t;
 }
 
-// Rows per reduction tile before reduce_tiling shortens them: up to kMaxReduceRows (or the test
-// override), rounded up to whole warps.
-inline index_t reduce_rows(index_t rows_len) {
+// Rows per reduction tile before reduce_tiling shortens them: up to kMaxReduceRows rounded up to
+// whole steps of the CTA's warps (`step` rows), or the test override rounded up to whole warps.
+inline index_t reduce_rows(index_t rows_len, index_t step) {
   const index_t max_rows = CBAM_CUDA_TEST_REDUCE_ROWS;
-  index_t cap = max_rows > 0 ? max_rows : kMaxReduceRows;
-  index_t r = rows_len < cap ? rows_len : cap;
-  return ((r + kWarps - 1) / kWarps) * kWarps;
+  const index_t cap = max_rows > 0 ? max_rows : kMaxReduceRows;
+  const index_t unit = max_rows > 0 ? kWarps : step;
+  const index_t r = rows_len < cap ? rows_len : cap;
+  return ((r + unit - 1) / unit) * unit;
+}
+
+// A thread's place in its warp's rows: lane group `group` (of kLanes / row_lanes) takes row
+// group of each step, lane `lane` of that group the columns [lane * vec, lane * vec + vec).
+struct RowLane {
+  int width;   // lanes per row
+  int group;   // which of the warp's rows of a step
+  int lane;    // lane within the row
+  int groups;  // rows per warp and step
+};
+
+__device__ inline RowLane row_lane(const Tiling& t, int lane) {
+  const int k = t.row_lanes_log2;
+  return {1 << k, lane >> k, lane & ((1 << k) - 1), kLanes >> k};
 }
 
 // ------------------------------------------------------------------------------ partial statistics
@@ -145,15 +194,17 @@ template <typename A> struct PoolStat {
   }
 };
 
-// Merges R rows' per-lane stats over the warp's 32 lanes at once; returns, in every lane, row
-// lane / (kLanes / R) complete. A transpose: at the first log2(R) steps (xor 16, 8, ...) a lane keeps
-// the half of its rows whose index bit matches its lane bit and receives its partner's copy of
-// them, so R rows cost R-1 + log2(kLanes/R) shuffles per stat field (6 for R = 4), not 5R.
-// Every row is still the pairwise tree of the 32 lanes, pairs (l, l^16) first, then ^8, ...: the
-// tree a shfl_down reduction forms in lane 0, and addition commutes, so the sums are bitwise those.
-template <int R, class Stat> __device__ Stat warp_reduce_rows(Stat (&s)[R], int lane) {
-  static_assert(R >= 1 && (R & (R - 1)) == 0 && R <= kLanes, "R is a power of two");
-  int delta = kLanes / 2;
+// Merges R rows' per-lane stats over each group of `width` lanes (a power of two, >= R) at once;
+// returns, in every lane, row (lane % width) / (width / R) of its group complete. A transpose: at the
+// first log2(R) steps (xor width/2, width/4, ...) a lane keeps the half of its rows whose index bit
+// matches its lane bit and receives its partner's copy of them, so R rows cost R-1 + log2(width/R)
+// shuffles per stat field (6 for R = 4 over 32 lanes), not R log2(width). Every row is still the
+// pairwise tree of its group's lanes, pairs (l, l ^ width/2) first, then ^ width/4, ...: the tree a
+// shfl_down reduction forms in the group's first lane, and addition commutes, so the sums are
+// bitwise those. The shuffles span the whole warp; every lane must call it.
+template <int R, class Stat> __device__ Stat warp_reduce_rows(Stat (&s)[R], int lane, int width) {
+  static_assert(R >= 1 && (R & (R - 1)) == 0 && R <= kMinRowLanes, "R is a power of two, at most kMinRowLanes");
+  int delta = width / 2;
 #pragma unroll
   for (int half = R / 2; half >= 1; half /= 2, delta /= 2) {
     const bool upper = (lane & delta) != 0;
@@ -167,12 +218,14 @@ template <int R, class Stat> __device__ Stat warp_reduce_rows(Stat (&s)[R], int 
   }
   Stat v = s[0];
 #pragma unroll
-  for (; delta > 0; delta /= 2) v.merge(v.shfl_xor(delta));
+  for (int d = kLanes / (2 * R); d > 0; d /= 2)  // unrolled over the widest group; the first steps skip narrower ones
+    if (d <= delta) v.merge(v.shfl_xor(d));
   return v;
 }
 
 // The per-column stats of a tile's 8 warps in shared memory, for the ordered pass over the warps in
-// reduce_tiles. Column l*V+k of lane l lives in slot k*kLanes + (l ^ k*(kLanes/V)), as 32-bit words
+// reduce_tiles (per warp, the stats of each lane group, whose columns repeat: lane g*width + l holds
+// columns l*V.. of the group's rows). Column l*V+k of lane l lives in slot k*kLanes + (l ^ k*(kLanes/V)), as 32-bit words
 // in separate planes (word w of every slot, then word w+1), so that every access is one word per
 // lane on 32 distinct banks: the stores (fixed k, lanes 0..31: a permutation of one row of 32 slots)
 // and the loads (32 consecutive columns: kLanes/V lanes by V values of k; the xor puts each k in its
@@ -203,6 +256,10 @@ template <typename T, int V> struct alignas(16) Pack { T v[V]; };
 
 template <typename T> __device__ inline bool aligned16(const T* p) {
   return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
+}
+
+template <typename T> __device__ inline bool aligned8(const T* p) {
+  return (reinterpret_cast<std::uintptr_t>(p) & 7u) == 0;
 }
 
 // The 16 bytes of a chunk as stored, as four 32-bit words: one 16-byte load when `vec` (the caller
@@ -236,28 +293,35 @@ __device__ inline void unpack(const uint4& raw, A (&out)[V]) {
 // The words of the M full-size tensors a reduction op reads, for one chunk.
 template <int M> struct Loaded { uint4 w[M]; };
 
-// Loads `cnt` (<= V) elements at p as acc values; lanes past cnt read as 0.
+// Loads `cnt` (<= V) elements at p as acc values; lanes past cnt read as 0. Full chunks that are
+// 8- but not 16-byte aligned load as two 8-byte halves (the elementwise passes; the reductions'
+// batched loads keep to load_words, whose single branch nvcc issues together).
 template <typename T, int V, typename A>
 __device__ inline void load_chunk(const T* p, int cnt, A (&out)[V]) {
-  if (cnt == V && aligned16(p)) {
-    Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
-#pragma unroll
-    for (int k = 0; k < V; ++k) out[k] = static_cast<A>(pk.v[k]);
+  if (sizeof(T) < 8 && cnt == V && !aligned16(p) && aligned8(p)) {
+    const uint2 lo = reinterpret_cast<const uint2*>(p)[0], hi = reinterpret_cast<const uint2*>(p)[1];
+    unpack<T, V>(make_uint4(lo.x, lo.y, hi.x, hi.y), out);
   } else {
-#pragma unroll
-    for (int k = 0; k < V; ++k) out[k] = k < cnt ? static_cast<A>(p[k]) : A(0);
+    unpack<T, V>(load_words<T, V>(p, cnt, cnt == V && aligned16(p)), out);
   }
 }
 
+// Stores `cnt` (<= V) elements at p: one 16-byte store when full and aligned, two 8-byte ones when
+// 8-byte aligned, else element by element.
 template <typename T, int V, typename A>
 __device__ inline void store_chunk(T* p, int cnt, const A (&in)[V]) {
-  if (cnt == V && aligned16(p)) {
+  if (cnt == V && (aligned16(p) || (sizeof(T) < 8 && aligned8(p)))) {
     Pack<T, V> pk;
 #pragma unroll
     for (int k = 0; k < V; ++k) pk.v[k] = static_cast<T>(in[k]);
     uint4 raw;  // one 16-byte store; through a plain assignment nvcc was seen to split it into scalars
     memcpy(&raw, &pk, sizeof raw);
-    __stwb(reinterpret_cast<uint4*>(p), raw);
+    if (aligned16(p)) {
+      __stwb(reinterpret_cast<uint4*>(p), raw);
+    } else {
+      __stwb(reinterpret_cast<uint2*>(p), make_uint2(raw.x, raw.y));
+      __stwb(reinterpret_cast<uint2*>(p) + 1, make_uint2(raw.z, raw.w));
+    }
   } else {
 #pragma unroll
     for (int k = 0; k < V; ++k)
@@ -389,76 +453,91 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
   constexpr bool kAlongCols = CL ? Op::kOverC : Op::kOverP;  // reduced within a row
   constexpr bool kAlongRows = CL ? Op::kOverP : Op::kOverC;  // reduced across rows
   const int lane = threadIdx.x, warp = threadIdx.y;
+  const RowLane rl = row_lane(t, lane);
   const index_t n = blockIdx.x / t.row_tiles, row_tile = blockIdx.x % t.row_tiles;
   const index_t r0 = row_tile * t.rows;
   const index_t r1 = r0 + t.rows < t.rows_len ? r0 + t.rows : t.rows_len;
+  const index_t stride = t.step_rows();  // between a thread's successive rows
   for (index_t col_tile = blockIdx.y; col_tile < t.col_tiles; col_tile += gridDim.y) {
-    const index_t col = col_tile * (kLanes * V) + index_t(lane) * V;
+    const index_t col = col_tile * (index_t(rl.width) * V) + index_t(rl.lane) * V;
     const index_t left = t.cols_len - col;
     const int cnt = left <= 0 ? 0 : (left < V ? int(left) : V);
     const auto cols = col_operands<CL, V>(op, n, col, cnt);  // once per column chunk
     Stat down[V];  // per column, across this thread's rows
 #pragma unroll
     for (int k = 0; k < V; ++k) down[k] = Stat::identity();
-    const auto chunk = [&](index_t r) {
+    const auto chunk = [&](index_t r) {  // a row of the tile
       return Chunk<CL>{n, r, col, (n * t.rows_len + r) * t.cols_len + col, cnt};
+    };
+    // rows past the tile's end (the last step's) are empty chunks: they load nothing and fold nothing
+    const auto chunk_or_empty = [&](index_t r) {
+      Chunk<CL> ch = chunk(r);
+      if (r >= r1) ch.cnt = 0;
+      return ch;
     };
     // One row as loaded: its columns into this lane's `across` (within the row) and into `down`.
     const auto fold = [&](const Chunk<CL>& ch, const typename Op::Raw& raw, Stat& across) {
       A over_p[V], over_c[V];
-      if (cnt > 0) op.values(ch, cols, raw, over_p, over_c);
+      if (ch.cnt > 0) op.values(ch, cols, raw, over_p, over_c);
       if constexpr (kAlongCols) {
 #pragma unroll
         for (int k = 0; k < V; ++k)
-          if (k < cnt) across.add(CL ? over_c[k] : over_p[k], int(col + k));
+          if (k < ch.cnt) across.add(CL ? over_c[k] : over_p[k], int(col + k));
       }
       if constexpr (kAlongRows) {
 #pragma unroll
         for (int k = 0; k < V; ++k)
-          if (k < cnt) down[k].add(CL ? over_p[k] : over_c[k], int(ch.r));
+          if (k < ch.cnt) down[k].add(CL ? over_p[k] : over_c[k], int(ch.r));
       }
     };
-    // The first m rows of the group at r: one warp merge for all of them (warp_reduce_rows); lane
-    // u * (kLanes / kRowUnroll) writes row u's partial.
+    // The first m rows of the thread's group at r (r, r + stride, ...): one merge over the lane group
+    // for all of them (warp_reduce_rows); the group's lane u * (width / kRowUnroll) writes row u's
+    // partial, where the row is in the tile.
     const auto write_rows = [&](index_t r, Stat (&across)[kRowUnroll], int m) {
-      const Stat s = warp_reduce_rows(across, lane);
-      const int u = lane / (kLanes / kRowUnroll);
-      if (lane % (kLanes / kRowUnroll) == 0 && u < m)
-        row_part[(n * t.rows_len + r + index_t(u) * kWarps) * t.col_tiles + col_tile] = s;
+      const Stat s = warp_reduce_rows(across, lane, rl.width);
+      const int per_row = rl.width / kRowUnroll, u = rl.lane / per_row;
+      const index_t row = r + index_t(u) * stride;
+      if (rl.lane % per_row == 0 && u < m && row < r1)
+        row_part[(n * t.rows_len + row) * t.col_tiles + col_tile] = s;
     };
-    // The warp's rows r0+warp, r0+warp+8, ... (uniform across the warp), in groups of kRowUnroll:
-    // their loads are issued first, then the rows are folded one after another in row order, as one
-    // at a time would (the same sums, bitwise), and merged over the warp together; the rows left over
-    // (fewer than kRowUnroll) are loaded one at a time (fewer registers) and merged together. The
-    // 16-byte path is taken for all of a group's rows or for none; it costs no 16-byte loads, since
-    // a thread's rows lie 8*Lc elements (a multiple of 16 bytes) apart: all aligned or none.
-    index_t r = r0 + warp;
-    for (; r + (kRowUnroll - 1) * kWarps < r1; r += kRowUnroll * kWarps) {
+    // The warp takes rows in steps of `groups` consecutive rows, a lane group each: step i of warp w
+    // is rows r0 + (i * kWarps + w) * groups + [0, groups). A thread's rows r, r + stride, ... go in
+    // groups of kRowUnroll: their loads are issued first, then the rows are folded one after another
+    // in row order, as one at a time would (the same sums, bitwise), and merged over the lane group
+    // together. The steps left over (at most kRowUnroll, the last maybe partly past the tile) are
+    // loaded one row at a time (fewer registers) and merged together. The 16-byte path is taken for
+    // all of a group's rows or for none; it costs no 16-byte loads, since a thread's rows lie a
+    // multiple of 8 rows apart (8 * Lc elements, a multiple of 16 bytes): all aligned or none.
+    index_t base = r0 + index_t(warp) * rl.groups;  // the warp's first row of a step (warp-uniform)
+    const index_t r_of = index_t(rl.group);
+    for (; base + (kRowUnroll - 1) * stride + (rl.groups - 1) < r1; base += kRowUnroll * stride) {
+      const index_t r = base + r_of;
       bool vec = cnt == V;
 #pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) vec = vec && op.aligned(chunk(r + u * kWarps).off);
+      for (int u = 0; u < kRowUnroll; ++u) vec = vec && op.aligned(chunk(r + u * stride).off);
       typename Op::Raw raw[kRowUnroll];
 #pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) raw[u] = op.load(chunk(r + u * kWarps), vec);
+      for (int u = 0; u < kRowUnroll; ++u) raw[u] = op.load(chunk(r + u * stride), vec);
       Stat across[kRowUnroll];
 #pragma unroll
       for (int u = 0; u < kRowUnroll; ++u) {
         across[u] = Stat::identity();
-        fold(chunk(r + u * kWarps), raw[u], across[u]);
+        fold(chunk(r + u * stride), raw[u], across[u]);
       }
       if constexpr (kAlongCols) write_rows(r, across, kRowUnroll);
     }
-    if (r < r1) {  // the short group: m rows, 1 <= m < kRowUnroll, one at a time, merged together
-      const int m = int((r1 - r + kWarps - 1) / kWarps);
+    if (base < r1) {  // the short group: m steps, 1 <= m <= kRowUnroll, one row at a time, merged together
+      const int m = int((r1 - base + stride - 1) / stride);
+      const index_t r = base + r_of;
       Stat across[kRowUnroll];
 #pragma unroll
       for (int u = 0; u < kRowUnroll; ++u) across[u] = Stat::identity();
       for (int u = 0; u < m; ++u) {
-        const Chunk<CL> ch = chunk(r + u * kWarps);
+        const Chunk<CL> ch = chunk_or_empty(r + u * stride);
         Stat a = Stat::identity();
-        fold(ch, op.load(ch, cnt == V && op.aligned(ch.off)), a);
+        fold(ch, op.load(ch, ch.cnt == V && op.aligned(ch.off)), a);
 #pragma unroll
-        for (int i = 0; i < kRowUnroll - 1; ++i)  // constant indices keep `across` in registers
+        for (int i = 0; i < kRowUnroll; ++i)  // constant indices keep `across` in registers
           if (i == u) across[i] = a;
       }
       if constexpr (kAlongCols) write_rows(r, across, m);
@@ -468,12 +547,14 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
 #pragma unroll
       for (int k = 0; k < V; ++k) smem.put(warp, StatSmem<Stat, V>::slot(lane, k), down[k]);
       __syncthreads();
-      for (int j = warp * kLanes + lane; j < kLanes * V; j += kThreads) {  // column j of the tile
-        const index_t cj = col_tile * (kLanes * V) + j;
+      // column j of the tile: its threads' partials folded in a fixed order, warp by warp and, within a
+      // warp, lane group by lane group
+      for (int j = warp * kLanes + lane; j < rl.width * V; j += kThreads) {
+        const index_t cj = col_tile * (index_t(rl.width) * V) + j;
         if (cj < t.cols_len && r0 < r1) {
-          const int at = StatSmem<Stat, V>::slot(j / V, j % V);
-          Stat s = smem.get(0, at);
-          for (int w = 1; w < kWarps; ++w) s.merge(smem.get(w, at));
+          Stat s = smem.get(0, StatSmem<Stat, V>::slot(j / V, j % V));
+          for (int i = 1; i < kWarps * rl.groups; ++i)  // i = w * groups + g: warp w, lane group g
+            s.merge(smem.get(i / rl.groups, StatSmem<Stat, V>::slot(i % rl.groups * rl.width + j / V, j % V)));
           col_part[(n * t.cols_len + cj) * t.row_tiles + row_tile] = s;
         }
       }
@@ -645,21 +726,27 @@ template <typename T, bool CL> struct PoolCGradAOp {
 
 // ----------------------------------------------------------------------------- elementwise passes
 // The body of the elementwise passes' *_tiles kernels: per column chunk, `cols` (the columns'
-// small operands, loaded before the row loop), then one row at a time `values` from them.
+// small operands, loaded before the row loop), then one row at a time `values` from them. Rows go
+// to lane groups as in reduce_tiles (several rows per warp where rows are short).
 template <typename T, bool CL, class Op>
 __device__ __forceinline__ void map_tiles(const Op& op, const Tiling& t, T* out) {
   using A = acc_of<T>;
   constexpr int V = vec_of<T>();
-  const int lane = threadIdx.x, warp = threadIdx.y;
+  const RowLane rl = row_lane(t, threadIdx.x);
+  const int first = int(threadIdx.y) * rl.groups + rl.group;  // the thread's first row in the tile
   const index_t n = blockIdx.x / t.row_tiles, r0 = (blockIdx.x % t.row_tiles) * t.rows;
   const index_t r1 = r0 + t.rows < t.rows_len ? r0 + t.rows : t.rows_len;
   for (index_t col_tile = blockIdx.y; col_tile < t.col_tiles; col_tile += gridDim.y) {
-    const index_t col = col_tile * (kLanes * V) + index_t(lane) * V;
+    const index_t col = col_tile * (index_t(rl.width) * V) + index_t(rl.lane) * V;
     const index_t left = t.cols_len - col;
     if (left <= 0) continue;
     const int cnt = left < V ? int(left) : V;
     const auto cols = col_operands<CL, V>(op, n, col, cnt);  // once per column chunk
-    for (index_t r = r0 + warp; r < r1; r += kWarps) {
+    int from = first;
+    // kept from being hoisted out of the column loop as a 64-bit row, which ptxas spilled in
+    // input_grad's 16-bit kernels (at their register cap, kInputGradMinCtas)
+    asm volatile("" : "+r"(from));
+    for (index_t r = r0 + from; r < r1; r += t.step_rows()) {
       Chunk<CL> ch{n, r, col, (n * t.rows_len + r) * t.cols_len + col, cnt};
       A y[V];
       op.values(ch, cols, y);
@@ -849,20 +936,26 @@ inline int device_sm_count() {
 }
 
 // The tiles of a reduction on the current device. Where N x tiles gives fewer than kCtasPerSm CTAs per
-// SM (small batches: at N=8 the four ResNet stage shapes made 32 to 104), tiles shorten a warp of rows
-// at a time until the grid reaches that, or the tiles are one row per warp: more partials across the
+// SM (small batches: at N=8 the four ResNet stage shapes made 32 to 104), tiles shorten a step of rows
+// (a row per lane group of each warp) at a time until the grid reaches that, or the tiles are one
+// step: more partials across the
 // rows, each folded in tile order, so the result depends on the SM count but is bitwise the same on
 // every run on one device. workspace_bytes and the launch compute it alike.
 template <typename T> inline Tiling reduce_tiling(const Geometry& g) {
   const bool cl = g.layout == Layout::NHWC;
   const index_t min_ctas = index_t(kCtasPerSm) * device_sm_count();
-  Tiling t = make_tiling<T>(g.n, g.c, g.p, cl, reduce_rows(cl ? g.p : g.c));
-  while (t.rows > kWarps && ctas(t) < min_ctas) t = make_tiling<T>(g.n, g.c, g.p, cl, t.rows - kWarps);
+  Tiling t = make_tiling<T>(g.n, g.c, g.p, cl, kWarps);
+  const index_t step = t.step_rows();
+  t = make_tiling<T>(g.n, g.c, g.p, cl, reduce_rows(t.rows_len, step));
+  while (t.rows > step && ctas(t) < min_ctas) t = make_tiling<T>(g.n, g.c, g.p, cl, t.rows - step);
   return t;
 }
 
+// kMapRows rows per lane group: a thread stores kMapRows / kWarps rows per tile whatever the lanes per row.
 template <typename T> inline Tiling map_tiling(const Geometry& g) {
-  return make_tiling<T>(g.n, g.c, g.p, g.layout == Layout::NHWC, kMapRows);
+  const bool cl = g.layout == Layout::NHWC;
+  const Tiling t = make_tiling<T>(g.n, g.c, g.p, cl, kMapRows);
+  return make_tiling<T>(g.n, g.c, g.p, cl, kMapRows * (kLanes / t.row_lanes()));
 }
 
 // A reduction's workspace: partials along the columns, then partials across the rows.

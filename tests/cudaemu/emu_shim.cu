@@ -34,6 +34,12 @@ long long cbam_emu_workspace(int pass, int dtype, int layout, index_t n, index_t
   return (long long)table().workspace_bytes(static_cast<cf::Pass>(pass), geometry(dtype, layout, n, c, p));
 }
 
+// Lanes per row of a tile (csrc/cuda/passes.cuh, row_lanes_for): rows of `cols_len` elements of
+// `element_bytes` each.
+int cbam_emu_row_lanes(index_t cols_len, int element_bytes) {
+  return cf::cuda::row_lanes_for(cols_len, 16 / element_bytes);
+}
+
 long long cbam_emu_conv_grad_workspace(index_t n, index_t h, index_t w, index_t k, int f64) {
   return (long long)table().conv_grad_workspace_bytes(n, h, w, k, f64 != 0);
 }
