@@ -35,9 +35,8 @@
 // with 8-row tiles), on tensors small enough to stay in L2. Short rows (at most 16*VEC elements:
 // NCHW 7x7, channels_last with C <= 128 in 16-bit types) share a warp: groups of row_lanes lanes
 // (8 or 16, at least 4) take a row each, so that a warp works on several rows at once
-// (row_lanes_for). In the elementwise passes, rows that are 8- but not 16-byte aligned (NCHW 14x14
-// in 16-bit types: every other row) load and store 8 bytes at a time; the reductions, and rows not
-// 8-byte aligned, go element by element.
+// (row_lanes_for). Rows that are 8- but not 16-byte aligned (NCHW 14x14 in 16-bit types: every
+// other row) load and store 8 bytes at a time (Access); rows not 8-byte aligned, element by element.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -258,20 +257,36 @@ template <typename T> __device__ inline bool aligned16(const T* p) {
   return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
 }
 
-template <typename T> __device__ inline bool aligned8(const T* p) {
-  return (reinterpret_cast<std::uintptr_t>(p) & 7u) == 0;
+// How a chunk's 16 bytes are accessed: as one 16-byte word (full and 16-byte aligned), as two
+// 8-byte halves (full and 8- but not 16-byte aligned: NCHW 14x14 rows in 16-bit types, every other
+// row), or element by element (the rest, and every partial chunk). Ordered from narrowest.
+enum class Access { kElements, kHalves, kWhole };
+
+template <typename T> __device__ inline Access access_of(const T* p) {
+  const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p);
+  return (a & 15u) == 0 ? Access::kWhole : (a & 7u) == 0 ? Access::kHalves : Access::kElements;
 }
 
-// The 16 bytes of a chunk as stored, as four 32-bit words: one 16-byte load when `vec` (the caller
-// found the chunk full, cnt == V, and aligned), else element by element; elements past cnt read as
-// 0. The reductions load several rows' words before they convert and fold the first (reduce_tiles),
-// with one `vec` for all of them, so that these loads are issued together and are in flight
-// together; as words, 16-bit elements are not split out of the loaded registers before use.
+__device__ inline Access narrower(Access a, Access b) { return a < b ? a : b; }
+
+// The access for `cnt` elements at p.
+template <typename T, int V> __device__ inline Access chunk_access(const T* p, int cnt) {
+  return cnt == V ? access_of(p) : Access::kElements;
+}
+
+// The 16 bytes of a chunk as stored, as four 32-bit words, read as `how` says (the caller found the
+// chunk full for kWhole and kHalves); elements past cnt read as 0. The reductions load several rows'
+// words before they convert and fold the first (reduce_tiles), with one `how` for all of them, so
+// that these loads are issued together and are in flight together; as words, 16-bit elements are
+// not split out of the loaded registers before use.
 template <typename T, int V>
-__device__ inline uint4 load_words(const T* __restrict__ p, int cnt, bool vec) {
+__device__ inline uint4 load_words(const T* __restrict__ p, int cnt, Access how) {
   uint4 raw;
-  if (vec) {
+  if (how == Access::kWhole) {
     raw = *reinterpret_cast<const uint4*>(p);
+  } else if (how == Access::kHalves) {
+    const uint2 lo = reinterpret_cast<const uint2*>(p)[0], hi = reinterpret_cast<const uint2*>(p)[1];
+    raw = make_uint4(lo.x, lo.y, hi.x, hi.y);
   } else {
     Pack<T, V> pk;
 #pragma unroll
@@ -293,30 +308,23 @@ __device__ inline void unpack(const uint4& raw, A (&out)[V]) {
 // The words of the M full-size tensors a reduction op reads, for one chunk.
 template <int M> struct Loaded { uint4 w[M]; };
 
-// Loads `cnt` (<= V) elements at p as acc values; lanes past cnt read as 0. Full chunks that are
-// 8- but not 16-byte aligned load as two 8-byte halves (the elementwise passes; the reductions'
-// batched loads keep to load_words, whose single branch nvcc issues together).
+// Loads `cnt` (<= V) elements at p as acc values; lanes past cnt read as 0.
 template <typename T, int V, typename A>
 __device__ inline void load_chunk(const T* p, int cnt, A (&out)[V]) {
-  if (sizeof(T) < 8 && cnt == V && !aligned16(p) && aligned8(p)) {
-    const uint2 lo = reinterpret_cast<const uint2*>(p)[0], hi = reinterpret_cast<const uint2*>(p)[1];
-    unpack<T, V>(make_uint4(lo.x, lo.y, hi.x, hi.y), out);
-  } else {
-    unpack<T, V>(load_words<T, V>(p, cnt, cnt == V && aligned16(p)), out);
-  }
+  unpack<T, V>(load_words<T, V>(p, cnt, chunk_access<T, V>(p, cnt)), out);
 }
 
-// Stores `cnt` (<= V) elements at p: one 16-byte store when full and aligned, two 8-byte ones when
-// 8-byte aligned, else element by element.
+// Stores `cnt` (<= V) elements at p, accessed as chunk_access says.
 template <typename T, int V, typename A>
 __device__ inline void store_chunk(T* p, int cnt, const A (&in)[V]) {
-  if (cnt == V && (aligned16(p) || (sizeof(T) < 8 && aligned8(p)))) {
+  const Access how = chunk_access<T, V>(p, cnt);
+  if (how != Access::kElements) {
     Pack<T, V> pk;
 #pragma unroll
     for (int k = 0; k < V; ++k) pk.v[k] = static_cast<T>(in[k]);
     uint4 raw;  // one 16-byte store; through a plain assignment nvcc was seen to split it into scalars
     memcpy(&raw, &pk, sizeof raw);
-    if (aligned16(p)) {
+    if (how == Access::kWhole) {
       __stwb(reinterpret_cast<uint4*>(p), raw);
     } else {
       __stwb(reinterpret_cast<uint2*>(p), make_uint2(raw.x, raw.y));
@@ -505,19 +513,19 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
     // groups of kRowUnroll: their loads are issued first, then the rows are folded one after another
     // in row order, as one at a time would (the same sums, bitwise), and merged over the lane group
     // together. The steps left over (at most kRowUnroll, the last maybe partly past the tile) are
-    // loaded one row at a time (fewer registers) and merged together. The 16-byte path is taken for
-    // all of a group's rows or for none; it costs no 16-byte loads, since a thread's rows lie a
-    // multiple of 8 rows apart (8 * Lc elements, a multiple of 16 bytes): all aligned or none.
+    // loaded one row at a time (fewer registers) and merged together. A group's rows are accessed
+    // alike, the narrowest way one of them needs (Access); that costs no wide loads, since a thread's
+    // rows lie a multiple of 8 rows apart (8 * Lc elements, a multiple of 16 bytes): aligned alike.
     index_t base = r0 + index_t(warp) * rl.groups;  // the warp's first row of a step (warp-uniform)
     const index_t r_of = index_t(rl.group);
     for (; base + (kRowUnroll - 1) * stride + (rl.groups - 1) < r1; base += kRowUnroll * stride) {
       const index_t r = base + r_of;
-      bool vec = cnt == V;
+      Access how = cnt == V ? Access::kWhole : Access::kElements;
 #pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) vec = vec && op.aligned(chunk(r + u * stride).off);
+      for (int u = 0; u < kRowUnroll; ++u) how = narrower(how, op.access(chunk(r + u * stride).off));
       typename Op::Raw raw[kRowUnroll];
 #pragma unroll
-      for (int u = 0; u < kRowUnroll; ++u) raw[u] = op.load(chunk(r + u * stride), vec);
+      for (int u = 0; u < kRowUnroll; ++u) raw[u] = op.load(chunk(r + u * stride), how);
       Stat across[kRowUnroll];
 #pragma unroll
       for (int u = 0; u < kRowUnroll; ++u) {
@@ -535,7 +543,7 @@ __device__ __forceinline__ void reduce_tiles(const Op& op, const Tiling& t, type
       for (int u = 0; u < m; ++u) {
         const Chunk<CL> ch = chunk_or_empty(r + u * stride);
         Stat a = Stat::identity();
-        fold(ch, op.load(ch, ch.cnt == V && op.aligned(ch.off)), a);
+        fold(ch, op.load(ch, ch.cnt == V ? op.access(ch.off) : Access::kElements), a);
 #pragma unroll
         for (int i = 0; i < kRowUnroll; ++i)  // constant indices keep `across` in registers
           if (i == u) across[i] = a;
@@ -597,9 +605,9 @@ template <typename T, bool CL> struct PoolHwOp {
   static constexpr bool kOverP = true, kOverC = false;
   using Raw = Loaded<1>;
   const T* x;
-  __device__ bool aligned(index_t off) const { return aligned16(x + off); }
-  __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
-    return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
+  __device__ Access access(index_t off) const { return access_of(x + off); }
+  __device__ Raw load(const Chunk<CL>& ch, Access how) const {
+    return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, how)}};
   }
   template <int W> __device__ Operands<A, W> channel_operands(index_t, index_t, int) const { return no_operands<A, W>(); }
   template <int W> __device__ Operands<A, W> pixel_operands(index_t, index_t, int) const { return no_operands<A, W>(); }
@@ -618,9 +626,9 @@ template <typename T, bool CL> struct PoolCOp {
   const T* x;
   const A* a;
   index_t c;
-  __device__ bool aligned(index_t off) const { return aligned16(x + off); }
-  __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
-    return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
+  __device__ Access access(index_t off) const { return access_of(x + off); }
+  __device__ Raw load(const Chunk<CL>& ch, Access how) const {
+    return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, how)}};
   }
   template <int W> __device__ Operands<A, W> channel_operands(index_t n, index_t c0, int cnt) const {
     return load_operands<A, W>(a, nullptr, nullptr, nullptr, nullptr, false, n * c + c0, cnt);
@@ -649,10 +657,10 @@ template <typename T, bool CL> struct GateGradsOp {
   const T *gy, *x;
   const A *a, *s;
   index_t c, p;
-  __device__ bool aligned(index_t off) const { return aligned16(gy + off) && aligned16(x + off); }
-  __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
-    return {{load_words<T, vec_of<T>()>(gy + ch.off, ch.cnt, vec),
-             load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
+  __device__ Access access(index_t off) const { return narrower(access_of(gy + off), access_of(x + off)); }
+  __device__ Raw load(const Chunk<CL>& ch, Access how) const {
+    return {{load_words<T, vec_of<T>()>(gy + ch.off, ch.cnt, how),
+             load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, how)}};
   }
   template <int W> __device__ Operands<A, W> channel_operands(index_t n, index_t c0, int cnt) const {
     return load_operands<A, W>(a, nullptr, nullptr, nullptr, nullptr, false, n * c + c0, cnt);
@@ -689,9 +697,9 @@ template <typename T, bool CL> struct PoolCGradAOp {
   const int* arg;
   bool split;
   index_t c, p;
-  __device__ bool aligned(index_t off) const { return aligned16(x + off); }
-  __device__ Raw load(const Chunk<CL>& ch, bool vec) const {
-    return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, vec)}};
+  __device__ Access access(index_t off) const { return access_of(x + off); }
+  __device__ Raw load(const Chunk<CL>& ch, Access how) const {
+    return {{load_words<T, vec_of<T>()>(x + ch.off, ch.cnt, how)}};
   }
   // a is read only for split-style ties (the tie compares acc(x) * a with max)
   template <int W> __device__ Operands<A, W> channel_operands(index_t n, index_t c0, int cnt) const {
