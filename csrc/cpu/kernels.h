@@ -215,73 +215,95 @@ void write_pool(const ArgMax<A>& st, A sum, int64_t len, int64_t i, A* mean, A* 
   }
 }
 
-// Sum and argmax of v[i] = x[i] * scale[i] over a contiguous row (scale == nullptr: x itself), in
-// chunks small enough to stay in L1: a vectorised sum and max over the chunk, then (kTrack only) a
-// second read of the chunk for the first position of its max and the count of it. Chunk states merge
-// in position order (ArgMax::merge), the same way with or without tracking, so the max is bitwise the
-// same; the sum runs in one vector accumulator over the whole row. Horizontal folds use
-// vec_reduce_all, whose order is fixed.
-template <typename T, bool kTrack>
-void reduce_row(const T* x, const acc_t<T>* scale, int64_t len, acc_t<T>& sum, ArgMax<acc_t<T>>& st) {
+// Rows reduced together by reduce_rows: each row keeps its own sum and max chains (its order is that
+// of one row alone), and R rows give the core R independent chains of each, where one row's chains
+// waited on the latency of every add and max.
+constexpr int64_t kRowsTogether = 4;
+
+// Sum and argmax of v[i] = x[i] * scale[i] over each of R contiguous rows (rows[r], scales[r];
+// a null scale: x itself), in chunks small enough to stay in L1 or L2: a vectorised sum and max over
+// the chunk, the R rows interleaved, then (kTrack only) a second read of each row's chunk for the
+// first position of its max and the count of it. Chunk states merge in position order
+// (ArgMax::merge), the same way with or without tracking, so the max is bitwise the same; the sum
+// runs in one vector accumulator per row over the whole row. Horizontal folds use vec_reduce_all,
+// whose order is fixed. Each row's result is bitwise what it would be alone, whatever R.
+template <typename T, bool kTrack, int64_t R>
+void reduce_rows(const T* const (&rows)[R], const acc_t<T>* const (&scales)[R], int64_t len, acc_t<T> (&sum)[R],
+                 ArgMax<acc_t<T>> (&st)[R]) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
   constexpr int64_t kChunk = 16384 / static_cast<int64_t>(sizeof(A));  // 16 KB, a multiple of L
-  const auto value = [&](int64_t i, int64_t n) {  // lanes past n are 0
-    Vec<A> v = n == L ? Io<T>::load(x + i) : Io<T>::load(x + i, n);
-    if (scale) v = v * load_small(scale + i, n, L);
+  const auto value = [&](int64_t r, int64_t i, int64_t n) {  // lanes past n are 0
+    Vec<A> v = n == L ? Io<T>::load(rows[r] + i) : Io<T>::load(rows[r] + i, n);
+    if (scales[r]) v = v * load_small(scales[r] + i, n, L);
     return v;
   };
   const auto add = [](const Vec<A>& p, const Vec<A>& q) { return p + q; };
   const Vec<A> ninf(-std::numeric_limits<A>::infinity());
-  Vec<A> vsum(0);
-  st = ArgMax<A>{};
+  Vec<A> vsum[R];
+  for (int64_t r = 0; r < R; ++r) {
+    vsum[r] = Vec<A>(0);
+    st[r] = ArgMax<A>{};
+  }
   for (int64_t c0 = 0; c0 < len; c0 += kChunk) {
     const int64_t rest = (std::min(len, c0 + kChunk) - c0) % L;
     const int64_t full = std::min(len, c0 + kChunk) - rest;
     const Vec<A> tail = rest ? lanes_below<A>(0, rest) : Vec<A>(0);
-    Vec<A> vmax(ninf);
+    Vec<A> vmax[R];
+    for (int64_t r = 0; r < R; ++r) vmax[r] = ninf;
     for (int64_t i = c0; i < full; i += L) {
-      const Vec<A> v = value(i, L);
-      vsum = vsum + v;
-      vmax = at::vec::maximum(vmax, v);  // NaN-propagating
+      for (int64_t r = 0; r < R; ++r) {
+        const Vec<A> v = value(r, i, L);
+        vsum[r] = vsum[r] + v;
+        vmax[r] = at::vec::maximum(vmax[r], v);  // NaN-propagating
+      }
     }
     if (rest) {
-      const Vec<A> v = value(full, rest);
-      vsum = vsum + v;
-      vmax = at::vec::maximum(vmax, Vec<A>::blendv(ninf, v, tail));
-    }
-    ArgMax<A> part{at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return at::vec::maximum(p, q); },
-                                           vmax),
-                   static_cast<A>(c0), 1};
-    if constexpr (kTrack) {
-      // The first position: vectors are tested until one holds the max (a lane bit test, no
-      // per-lane position tracking); then the count from that vector on (none before it).
-      const bool nan = std::isnan(part.max);
-      const Vec<A> target(part.max), one(1);
-      const auto hits = [&](int64_t i) {  // lanes of the vector at i that hold the max
-        const bool partial = i == full;
-        const Vec<A> v = value(i, partial ? rest : L);
-        const Vec<A> hit = nan ? v.isnan() : v == target;
-        return partial ? hit & tail : hit;
-      };
-      const int64_t stop = rest ? full + L : full;  // vectors start at c0, c0 + L, .. < stop
-      constexpr int kLanes = (1 << L) - 1;
-      int64_t i = c0;
-      part.pos = static_cast<A>(len);  // stays only if nothing matched: cannot be, part.max is a value
-      for (; i < stop; i += L) {
-        const int lanes = ~hits(i).zero_mask() & kLanes;  // hit lanes are all ones, never zero
-        if (lanes) {
-          part.pos = static_cast<A>(i + lowest_set_bit(static_cast<unsigned>(lanes)));
-          break;
-        }
+      for (int64_t r = 0; r < R; ++r) {
+        const Vec<A> v = value(r, full, rest);
+        vsum[r] = vsum[r] + v;
+        vmax[r] = at::vec::maximum(vmax[r], Vec<A>::blendv(ninf, v, tail));
       }
-      Vec<A> vcnt(0);
-      for (; i < stop; i += L) vcnt = vcnt + (hits(i) & one);
-      part.cnt = nan ? A(1) : at::vec::vec_reduce_all(add, vcnt);
     }
-    st.merge(part);
+    for (int64_t r = 0; r < R; ++r) {
+      ArgMax<A> part{at::vec::vec_reduce_all([](const Vec<A>& p, const Vec<A>& q) { return at::vec::maximum(p, q); },
+                                             vmax[r]),
+                     static_cast<A>(c0), 1};
+      if constexpr (kTrack) {
+        // The first position: vectors are tested until one holds the max (a lane bit test, no
+        // per-lane position tracking); then the count from that vector on (none before it), in two
+        // accumulators: counts are small integers, exact in any order.
+        const bool nan = std::isnan(part.max);
+        const Vec<A> target(part.max), one(1);
+        const auto hits = [&](int64_t i) {  // lanes of the vector at i that hold the max
+          const bool partial = i == full;
+          const Vec<A> v = value(r, i, partial ? rest : L);
+          const Vec<A> hit = nan ? v.isnan() : v == target;
+          return partial ? hit & tail : hit;
+        };
+        const int64_t stop = rest ? full + L : full;  // vectors start at c0, c0 + L, .. < stop
+        constexpr int kLanes = (1 << L) - 1;
+        int64_t i = c0;
+        part.pos = static_cast<A>(len);  // stays only if nothing matched: cannot be, part.max is a value
+        for (; i < stop; i += L) {
+          const int lanes = ~hits(i).zero_mask() & kLanes;  // hit lanes are all ones, never zero
+          if (lanes) {
+            part.pos = static_cast<A>(i + lowest_set_bit(static_cast<unsigned>(lanes)));
+            break;
+          }
+        }
+        Vec<A> vcnt0(0), vcnt1(0);
+        for (; i + L < stop; i += 2 * L) {
+          vcnt0 = vcnt0 + (hits(i) & one);
+          vcnt1 = vcnt1 + (hits(i + L) & one);
+        }
+        if (i < stop) vcnt0 = vcnt0 + (hits(i) & one);
+        part.cnt = nan ? A(1) : at::vec::vec_reduce_all(add, vcnt0 + vcnt1);
+      }
+      st[r].merge(part);
+    }
   }
-  sum = at::vec::vec_reduce_all(add, vsum);
+  for (int64_t r = 0; r < R; ++r) sum[r] = at::vec::vec_reduce_all(add, vsum[r]);
 }
 
 // Writes the pooled results of the first `width` lanes of a lane-per-output accumulator.
@@ -405,12 +427,28 @@ void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_p
     });
     return;
   }
+  const auto row_scale = [&](int64_t r) { return scale ? scale + (r / rows_per_group) * len : nullptr; };
   at::parallel_for(0, groups * rows_per_group, grain_for(len), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      A sum;
-      ArgMax<A> st;
-      reduce_row<T, kTrack>(x + r * len, scale ? scale + (r / rows_per_group) * len : nullptr, len, sum, st);
-      write_pool<kTrack>(st, sum, len, r, mean, max, argmax, count);
+    int64_t r = begin;
+    for (; r + kRowsTogether <= end; r += kRowsTogether) {
+      const T* rows[kRowsTogether];
+      const A* scales[kRowsTogether];
+      for (int64_t k = 0; k < kRowsTogether; ++k) {
+        rows[k] = x + (r + k) * len;
+        scales[k] = row_scale(r + k);
+      }
+      A sums[kRowsTogether];
+      ArgMax<A> sts[kRowsTogether];
+      reduce_rows<T, kTrack>(rows, scales, len, sums, sts);
+      for (int64_t k = 0; k < kRowsTogether; ++k) write_pool<kTrack>(sts[k], sums[k], len, r + k, mean, max, argmax, count);
+    }
+    for (; r < end; ++r) {
+      const T* rows[1] = {x + r * len};
+      const A* scales[1] = {row_scale(r)};
+      A sums[1];
+      ArgMax<A> sts[1];
+      reduce_rows<T, kTrack>(rows, scales, len, sums, sts);
+      write_pool<kTrack>(sts[0], sums[0], len, r, mean, max, argmax, count);
     }
   });
 }
