@@ -34,8 +34,10 @@ struct PoolHwArgs {
   const void* x;
   void* avg;  // [N,C] acc
   void* max;  // [N,C] acc
-  int32_t* argmax;  // [N,C], or nullptr with count: not tracked (the untracking kernel variant)
-  int32_t* count;  // [N,C]
+  // [N,C] each, or nullptr: the tracking variant writes (and computes) only those given; the
+  // untracking variant, neither
+  int32_t* argmax;
+  int32_t* count;
 };
 
 struct PoolCArgs {
@@ -44,8 +46,8 @@ struct PoolCArgs {
   const void* a;  // [N,C] acc or nullptr
   void* mean;  // [N,P] acc
   void* max;  // [N,P] acc
-  int32_t* argmax;  // [N,P], or nullptr with count, as in PoolHwArgs
-  int32_t* count;  // [N,P]
+  int32_t* argmax;  // [N,P] each, or nullptr, as in PoolHwArgs
+  int32_t* count;
 };
 
 struct ApplyGatesArgs {
@@ -104,7 +106,7 @@ using GateGradsFn = void (*)(const GateGradsArgs&);
 using PoolCGradAFn = void (*)(const PoolCGradAArgs&);
 using InputGradFn = void (*)(const InputGradArgs&);
 
-// One ISA build's kernels, indexed [dtype][layout]; the pools also by [tracks argmax and count], the
+// One ISA build's kernels, indexed [dtype][layout]; the pools also by [tracks argmax or count], the
 // passes that read gy by [reads gy_c].
 struct KernelTable {
   PoolHwFn pool_hw[kNumDTypes][2][2];

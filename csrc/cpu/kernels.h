@@ -209,9 +209,9 @@ void write_pool(const ArgMax<A>& st, A sum, int64_t len, int64_t i, A* mean, A* 
                 int32_t* count) {
   mean[i] = sum / static_cast<A>(len);
   max[i] = st.max;
-  if constexpr (kTrack) {
-    argmax[i] = static_cast<int32_t>(st.pos);
-    count[i] = static_cast<int32_t>(st.cnt);
+  if constexpr (kTrack) {  // each only where the caller wants it (null: not computed either)
+    if (argmax) argmax[i] = static_cast<int32_t>(st.pos);
+    if (count) count[i] = static_cast<int32_t>(st.cnt);
   }
 }
 
@@ -223,13 +223,14 @@ constexpr int64_t kRowsTogether = 4;
 // Sum and argmax of v[i] = x[i] * scale[i] over each of R contiguous rows (rows[r], scales[r];
 // a null scale: x itself), in chunks small enough to stay in L1 or L2: a vectorised sum and max over
 // the chunk, the R rows interleaved, then (kTrack only) a second read of each row's chunk for the
-// first position of its max and the count of it. Chunk states merge in position order
+// first position of its max (if want_pos) and the count of it (if want_cnt; from the first position
+// on, or over the chunk without want_pos). Chunk states merge in position order
 // (ArgMax::merge), the same way with or without tracking, so the max is bitwise the same; the sum
 // runs in one vector accumulator per row over the whole row. Horizontal folds use vec_reduce_all,
 // whose order is fixed. Each row's result is bitwise what it would be alone, whatever R.
 template <typename T, bool kTrack, int64_t R>
-void reduce_rows(const T* const (&rows)[R], const acc_t<T>* const (&scales)[R], int64_t len, acc_t<T> (&sum)[R],
-                 ArgMax<acc_t<T>> (&st)[R]) {
+void reduce_rows(const T* const (&rows)[R], const acc_t<T>* const (&scales)[R], int64_t len, bool want_pos,
+                 bool want_cnt, acc_t<T> (&sum)[R], ArgMax<acc_t<T>> (&st)[R]) {
   using A = acc_t<T>;
   constexpr int64_t L = Vec<A>::size();
   constexpr int64_t kChunk = 16384 / static_cast<int64_t>(sizeof(A));  // 16 KB, a multiple of L
@@ -285,20 +286,22 @@ void reduce_rows(const T* const (&rows)[R], const acc_t<T>* const (&scales)[R], 
         constexpr int kLanes = (1 << L) - 1;
         int64_t i = c0;
         part.pos = static_cast<A>(len);  // stays only if nothing matched: cannot be, part.max is a value
-        for (; i < stop; i += L) {
+        for (; want_pos && i < stop; i += L) {
           const int lanes = ~hits(i).zero_mask() & kLanes;  // hit lanes are all ones, never zero
           if (lanes) {
             part.pos = static_cast<A>(i + lowest_set_bit(static_cast<unsigned>(lanes)));
             break;
           }
         }
-        Vec<A> vcnt0(0), vcnt1(0);
-        for (; i + L < stop; i += 2 * L) {
-          vcnt0 = vcnt0 + (hits(i) & one);
-          vcnt1 = vcnt1 + (hits(i + L) & one);
+        if (want_cnt && !nan) {  // a NaN max counts 1 (its position alone)
+          Vec<A> vcnt0(0), vcnt1(0);
+          for (; i + L < stop; i += 2 * L) {
+            vcnt0 = vcnt0 + (hits(i) & one);
+            vcnt1 = vcnt1 + (hits(i + L) & one);
+          }
+          if (i < stop) vcnt0 = vcnt0 + (hits(i) & one);
+          part.cnt = at::vec::vec_reduce_all(add, vcnt0 + vcnt1);
         }
-        if (i < stop) vcnt0 = vcnt0 + (hits(i) & one);
-        part.cnt = nan ? A(1) : at::vec::vec_reduce_all(add, vcnt0 + vcnt1);
       }
       st[r].merge(part);
     }
@@ -439,7 +442,7 @@ void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_p
       }
       A sums[kRowsTogether];
       ArgMax<A> sts[kRowsTogether];
-      reduce_rows<T, kTrack>(rows, scales, len, sums, sts);
+      reduce_rows<T, kTrack>(rows, scales, len, argmax != nullptr, count != nullptr, sums, sts);
       for (int64_t k = 0; k < kRowsTogether; ++k) write_pool<kTrack>(sts[k], sums[k], len, r + k, mean, max, argmax, count);
     }
     for (; r < end; ++r) {
@@ -447,7 +450,7 @@ void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_p
       const A* scales[1] = {row_scale(r)};
       A sums[1];
       ArgMax<A> sts[1];
-      reduce_rows<T, kTrack>(rows, scales, len, sums, sts);
+      reduce_rows<T, kTrack>(rows, scales, len, argmax != nullptr, count != nullptr, sums, sts);
       write_pool<kTrack>(sts[0], sums[0], len, r, mean, max, argmax, count);
     }
   });

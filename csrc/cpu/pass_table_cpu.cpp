@@ -41,20 +41,6 @@ class Positions {
   std::vector<float> f_;
 };
 
-// The tracking kernels write both argmax and count: a scratch array for the one the caller does
-// not want. With neither wanted, the untracking variant runs and writes none.
-class IntOut {
- public:
-  IntOut(int32_t* out, int64_t count) : out_(out) {
-    if (out_ == nullptr) scratch_.resize(static_cast<size_t>(count));
-  }
-  int32_t* get() { return out_ != nullptr ? out_ : scratch_.data(); }
-
- private:
-  int32_t* out_;
-  std::vector<int32_t> scratch_;
-};
-
 // The kernels carry positions as accumulation-typed values: exact below 2^24 in float.
 constexpr int kTooLarge = 1;
 bool too_large(const Geometry& g) {
@@ -64,21 +50,19 @@ bool too_large(const Geometry& g) {
 
 int pool_hw(const ::cbam_fused::PoolHwArgs& a, void*) {
   if (too_large(a.g)) return kTooLarge;
+  // the tracking variant computes only what the caller wants: the argmax, the count, or both
   const bool track = a.argmax != nullptr || a.count != nullptr;
-  const int64_t outs = track ? a.g.n * a.g.c : 0;
-  IntOut argmax(a.argmax, outs), count(a.count, outs);
   kernel_table().pool_hw[d(a.g.dtype)][l(a.g.layout)][track](cpu::PoolHwArgs{
-      shape(a.g), a.x, a.mean, a.max, track ? argmax.get() : nullptr, track ? count.get() : nullptr});
+      shape(a.g), a.x, a.mean, a.max, a.argmax, a.count});
   return 0;
 }
 
 int pool_c(const ::cbam_fused::PoolCArgs& a, void*) {
   if (too_large(a.g)) return kTooLarge;
+  // the tracking variant computes only what the caller wants: the argmax, the count, or both
   const bool track = a.argmax != nullptr || a.count != nullptr;
-  const int64_t outs = track ? a.g.n * a.g.p : 0;
-  IntOut argmax(a.argmax, outs), count(a.count, outs);
   kernel_table().pool_c[d(a.g.dtype)][l(a.g.layout)][track](cpu::PoolCArgs{
-      shape(a.g), a.x, a.a, a.mean, a.max, track ? argmax.get() : nullptr, track ? count.get() : nullptr});
+      shape(a.g), a.x, a.a, a.mean, a.max, a.argmax, a.count});
   return 0;
 }
 
