@@ -8,9 +8,9 @@ Every number in the tables is measured from the code, nothing is timed:
 - grids and partials: each full-size pass runs once on the cudacpu emulator in a dry run
   (tests/cudaemu.py, ``pass_runs``): the launch log gives every kernel's grid, the launcher's
   ``workspace_bytes`` the partials. "After" is a device of 132 SMs; "before" the same code told of
-  one SM, where ``reduce_tiling`` never shortens a tile (N x tiles >= N >= 2 CTAs already), which
-  is the tiling of the code before commit c3b2aef (its diff changes only that loop; its parent's
-  passes.cuh on the emulator gave the same launches and partials on 132 SMs, checked once);
+  one SM, where ``shorten_to_fill`` never shortens a tile (N x tiles >= N >= 2 CTAs already): for
+  the reductions the tiling of the code before commit c3b2aef (its parent's passes.cuh on the
+  emulator gave the same launches and partials on 132 SMs, checked once);
 - full-size bytes: bench/budget.py's ``PASS_TRAFFIC``;
 - registers, shared memory and loads in flight: nvcc -Xptxas -v and cuobjdump -sass of the kernel
   translation unit for sm_90 (tests/kernel_resources.py). c3b2aef changed host code only, so these
@@ -180,14 +180,15 @@ registers and shared memory from `ptxas -v`, loads in flight from the SASS, and 
 peak bandwidth from the model below. It is a prediction to check against `scripts/gpu_check.sh`
 the day a GPU is lent.
 
-"Before" and "after" are the tilings before and after commit c3b2aef ("CUDA reductions fill the GPU
-at small batches"): the reductions' tiles now shorten, a warp of rows at a time, until the grid has
-two CTAs per SM. The kernels' code did not change, so registers, shared memory and loads in flight
-are the same in both; the grids and the partials differ. "Before" is the same code on the emulator
-told of one SM, where no tile is shortened (N x tiles >= N >= 2 CTAs); the diff of
-`csrc/cuda/passes.cuh` in c3b2aef changes nothing else that reaches a kernel. This was checked
-once, when this file was first written: the parent's `passes.cuh`, built on the emulator and told of
-132 SMs, gave the same launches, grids and partials, for all six passes at every row of these tables.
+"Before" and "after" are the tilings without and with `shorten_to_fill` (`csrc/cuda/passes.cuh`):
+where the batch times the tiles gives fewer than two CTAs per SM, the tiles shorten a step of rows at
+a time (a row per lane group of each warp) until the grid has two CTAs per SM. The reductions got it
+in commit c3b2aef ("CUDA reductions fill the GPU at small batches"), the elementwise passes later.
+The kernels' code is the same in both columns, so registers, shared memory and loads in flight are
+too; the grids and the partials differ. "Before" is the same code on the emulator told of one SM,
+where no tile is shortened (N x tiles >= N >= 2 CTAs). For the reductions this was checked once,
+when this file was first written: the parent of c3b2aef, built on the emulator and told of 132 SMs,
+gave the same launches, grids and partials, for every row of these tables.
 
 ## The device
 

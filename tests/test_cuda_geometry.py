@@ -1,8 +1,8 @@
-"""Grid sizes of the CUDA reductions, without a GPU (docs/design.md §4.5).
+"""Grid sizes of the CUDA passes, without a GPU (docs/design.md §4.5).
 
-At N=8 every full-size launch of pool_hw, pool_c, gate_grads and pool_c_grad_a has at least two CTAs
-per SM of an H100 (132 SMs), in fp16, in both layouts, at the four ResNet stage shapes; each pass
-launches exactly its kernels (tests/cudaemu.py, PASS_KERNELS), so the launch budget does not grow;
+At N=8 every full-size launch of the six passes (the four reductions and the elementwise apply_gates
+and input_grad) has at least two CTAs per SM of an H100 (132 SMs), in fp16, in both layouts, at the
+four ResNet stage shapes; each pass launches exactly its kernels (tests/cudaemu.py, PASS_KERNELS), so the launch budget does not grow;
 and at N=128, where the batch alone fills the device, the grids do not depend on the SM count.
 
 The emulator reports the SM count (CUDACPU_SM_COUNT) and logs every launch (CUDACPU_LAUNCH_LOG)
@@ -17,7 +17,7 @@ import pytest
 from bench.shapes import RESNET50_STAGES
 
 from .conftest import require_backend
-from .cudaemu import PASS_KERNELS, REDUCTION_PASSES, pass_launches
+from .cudaemu import FULL_SIZE_PASSES, PASS_KERNELS, pass_launches
 
 pytestmark = pytest.mark.emulator
 
@@ -29,7 +29,7 @@ LAYOUTS = ("nchw", "channels_last")
 
 def cases(n):
     return [dict(name=name, shape=[n, *chw], dtype="float16", layout=layout)
-            for chw in STAGE_SHAPES for layout in LAYOUTS for name in REDUCTION_PASSES]
+            for chw in STAGE_SHAPES for layout in LAYOUTS for name in FULL_SIZE_PASSES]
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,7 +51,7 @@ def table(n=8, sm_count=SM_COUNT):
     return "\n".join(lines)
 
 
-def test_reductions_fill_the_gpu_at_batch_8():
+def test_passes_fill_the_gpu_at_batch_8():
     require_backend("cudaemu")
     short = [(case["name"], case["shape"], case["layout"], launch.kernel, launch.ctas)
              for case, launches in measured(8) for launch in full_size(launches) if launch.ctas < MIN_CTAS]

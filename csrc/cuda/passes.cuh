@@ -72,7 +72,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kLanes * kWarps;
 constexpr int kMapRows = 32;        // rows per tile of the elementwise passes
 constexpr int kMaxReduceRows = 256; // rows per tile of the reductions (bounds the partials' size)
-constexpr int kCtasPerSm = 2;       // a reduction's grid aims at this many CTAs per SM (reduce_tiling)
+constexpr int kCtasPerSm = 2;       // a pass's grid aims at this many CTAs per SM (shorten_to_fill)
 constexpr int kMaxGridY = 65535;
 constexpr int kRowUnroll = 4;       // rows whose loads a reduction thread issues before it folds the first
 
@@ -943,27 +943,33 @@ inline int device_sm_count() {
   return sms;
 }
 
-// The tiles of a reduction on the current device. Where N x tiles gives fewer than kCtasPerSm CTAs per
-// SM (small batches: at N=8 the four ResNet stage shapes made 32 to 104), tiles shorten a step of rows
-// (a row per lane group of each warp) at a time until the grid reaches that, or the tiles are one
-// step: more partials across the
-// rows, each folded in tile order, so the result depends on the SM count but is bitwise the same on
-// every run on one device. workspace_bytes and the launch compute it alike.
-template <typename T> inline Tiling reduce_tiling(const Geometry& g) {
-  const bool cl = g.layout == Layout::NHWC;
+// Shortens t's tiles a step of rows at a time (a row per lane group of each warp) until the grid has
+// kCtasPerSm CTAs per SM of the current device, or the tiles are one step. Small batches need it: at
+// N=8 the four ResNet stage shapes made 32 to 104 reduction CTAs with full tiles.
+template <typename T> inline Tiling shorten_to_fill(const Geometry& g, Tiling t) {
   const index_t min_ctas = index_t(kCtasPerSm) * device_sm_count();
-  Tiling t = make_tiling<T>(g.n, g.c, g.p, cl, kWarps);
   const index_t step = t.step_rows();
-  t = make_tiling<T>(g.n, g.c, g.p, cl, reduce_rows(t.rows_len, step));
-  while (t.rows > step && ctas(t) < min_ctas) t = make_tiling<T>(g.n, g.c, g.p, cl, t.rows - step);
+  while (t.rows > step && ctas(t) < min_ctas) t = make_tiling<T>(g.n, g.c, g.p, t.channels_last, t.rows - step);
   return t;
 }
 
-// kMapRows rows per lane group: a thread stores kMapRows / kWarps rows per tile whatever the lanes per row.
+// The tiles of a reduction on the current device: up to kMaxReduceRows rows, shortened to fill the
+// device. Shorter tiles make more partials across the rows, each folded in tile order, so the result
+// depends on the SM count but is bitwise the same on every run on one device. workspace_bytes and
+// the launch compute it alike.
+template <typename T> inline Tiling reduce_tiling(const Geometry& g) {
+  const bool cl = g.layout == Layout::NHWC;
+  const Tiling t = make_tiling<T>(g.n, g.c, g.p, cl, kWarps);
+  return shorten_to_fill<T>(g, make_tiling<T>(g.n, g.c, g.p, cl, reduce_rows(t.rows_len, t.step_rows())));
+}
+
+// The tiles of an elementwise pass: kMapRows rows per lane group (a thread stores kMapRows / kWarps
+// rows of a tile whatever the lanes per row, reusing the columns' operands), shortened to fill the
+// device; no sum depends on the tiling.
 template <typename T> inline Tiling map_tiling(const Geometry& g) {
   const bool cl = g.layout == Layout::NHWC;
   const Tiling t = make_tiling<T>(g.n, g.c, g.p, cl, kMapRows);
-  return make_tiling<T>(g.n, g.c, g.p, cl, kMapRows * (kLanes / t.row_lanes()));
+  return shorten_to_fill<T>(g, make_tiling<T>(g.n, g.c, g.p, cl, kMapRows * (kLanes / t.row_lanes())));
 }
 
 // A reduction's workspace: partials along the columns, then partials across the rows.
