@@ -430,29 +430,24 @@ void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_p
     });
     return;
   }
-  const auto row_scale = [&](int64_t r) { return scale ? scale + (r / rows_per_group) * len : nullptr; };
+  // rows r .. r + R - 1, reduced together and written out
+  const auto pool_from = [&](int64_t r, auto rows_together) {
+    constexpr int64_t R = decltype(rows_together)::value;
+    const T* rows[R];
+    const A* scales[R];
+    for (int64_t k = 0; k < R; ++k) {
+      rows[k] = x + (r + k) * len;
+      scales[k] = scale ? scale + ((r + k) / rows_per_group) * len : nullptr;
+    }
+    A sums[R];
+    ArgMax<A> sts[R];
+    reduce_rows<T, kTrack>(rows, scales, len, argmax != nullptr, count != nullptr, sums, sts);
+    for (int64_t k = 0; k < R; ++k) write_pool<kTrack>(sts[k], sums[k], len, r + k, mean, max, argmax, count);
+  };
   at::parallel_for(0, groups * rows_per_group, grain_for(len), [&](int64_t begin, int64_t end) {
     int64_t r = begin;
-    for (; r + kRowsTogether <= end; r += kRowsTogether) {
-      const T* rows[kRowsTogether];
-      const A* scales[kRowsTogether];
-      for (int64_t k = 0; k < kRowsTogether; ++k) {
-        rows[k] = x + (r + k) * len;
-        scales[k] = row_scale(r + k);
-      }
-      A sums[kRowsTogether];
-      ArgMax<A> sts[kRowsTogether];
-      reduce_rows<T, kTrack>(rows, scales, len, argmax != nullptr, count != nullptr, sums, sts);
-      for (int64_t k = 0; k < kRowsTogether; ++k) write_pool<kTrack>(sts[k], sums[k], len, r + k, mean, max, argmax, count);
-    }
-    for (; r < end; ++r) {
-      const T* rows[1] = {x + r * len};
-      const A* scales[1] = {row_scale(r)};
-      A sums[1];
-      ArgMax<A> sts[1];
-      reduce_rows<T, kTrack>(rows, scales, len, argmax != nullptr, count != nullptr, sums, sts);
-      write_pool<kTrack>(sts[0], sums[0], len, r, mean, max, argmax, count);
-    }
+    for (; r + kRowsTogether <= end; r += kRowsTogether) pool_from(r, std::integral_constant<int64_t, kRowsTogether>{});
+    for (; r < end; ++r) pool_from(r, std::integral_constant<int64_t, 1>{});
   });
 }
 
