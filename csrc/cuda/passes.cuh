@@ -113,6 +113,13 @@ struct Tiling {
   __host__ __device__ index_t step_rows() const { return index_t(kWarps) << (kLog2Lanes - row_lanes_log2); }
 };
 
+// t with tiles of `rows` rows; the columns stay as they are.
+inline Tiling with_rows(Tiling t, index_t rows) {
+  t.rows = rows;
+  t.row_tiles = (t.rows_len + rows - 1) / rows;
+  return t;
+}
+
 // The tiling of a shape into tiles of `rows` rows (of kLanes * vec columns, or row_lanes * vec).
 template <typename T>
 inline Tiling make_tiling(index_t n, index_t c, index_t p, bool channels_last, index_t rows) {
@@ -121,11 +128,9 @@ inline Tiling make_tiling(index_t n, index_t c, index_t p, bool channels_last, i
   t.rows_len = channels_last ? p : c;
   t.cols_len = channels_last ? c : p;
   t.row_lanes_log2 = log2_of(row_lanes_for(t.cols_len, vec_of<T>()));
-  t.rows = rows;
-  t.row_tiles = (t.rows_len + rows - 1) / rows;
   const index_t tile_cols = index_t(t.row_lanes()) * vec_of<T>();
   t.col_tiles = (t.cols_len + tile_cols - 1) / tile_cols;
-  return t;
+  return with_rows(t, rows);
 }
 
 // Rows per reduction tile before reduce_tiling shortens them: up to kMaxReduceRows rounded up to
@@ -946,10 +951,10 @@ inline int device_sm_count() {
 // Shortens t's tiles a step of rows at a time (a row per lane group of each warp) until the grid has
 // kCtasPerSm CTAs per SM of the current device, or the tiles are one step. Small batches need it: at
 // N=8 the four ResNet stage shapes made 32 to 104 reduction CTAs with full tiles.
-template <typename T> inline Tiling shorten_to_fill(const Geometry& g, Tiling t) {
+inline Tiling shorten_to_fill(Tiling t) {
   const index_t min_ctas = index_t(kCtasPerSm) * device_sm_count();
   const index_t step = t.step_rows();
-  while (t.rows > step && ctas(t) < min_ctas) t = make_tiling<T>(g.n, g.c, g.p, t.channels_last, t.rows - step);
+  while (t.rows > step && ctas(t) < min_ctas) t = with_rows(t, t.rows - step);
   return t;
 }
 
@@ -958,18 +963,16 @@ template <typename T> inline Tiling shorten_to_fill(const Geometry& g, Tiling t)
 // depends on the SM count but is bitwise the same on every run on one device. workspace_bytes and
 // the launch compute it alike.
 template <typename T> inline Tiling reduce_tiling(const Geometry& g) {
-  const bool cl = g.layout == Layout::NHWC;
-  const Tiling t = make_tiling<T>(g.n, g.c, g.p, cl, kWarps);
-  return shorten_to_fill<T>(g, make_tiling<T>(g.n, g.c, g.p, cl, reduce_rows(t.rows_len, t.step_rows())));
+  const Tiling t = make_tiling<T>(g.n, g.c, g.p, g.layout == Layout::NHWC, kWarps);
+  return shorten_to_fill(with_rows(t, reduce_rows(t.rows_len, t.step_rows())));
 }
 
 // The tiles of an elementwise pass: kMapRows rows per lane group (a thread stores kMapRows / kWarps
 // rows of a tile whatever the lanes per row, reusing the columns' operands), shortened to fill the
 // device; no sum depends on the tiling.
 template <typename T> inline Tiling map_tiling(const Geometry& g) {
-  const bool cl = g.layout == Layout::NHWC;
-  const Tiling t = make_tiling<T>(g.n, g.c, g.p, cl, kMapRows);
-  return shorten_to_fill<T>(g, make_tiling<T>(g.n, g.c, g.p, cl, kMapRows * (kLanes / t.row_lanes())));
+  const Tiling t = make_tiling<T>(g.n, g.c, g.p, g.layout == Layout::NHWC, kMapRows);
+  return shorten_to_fill(with_rows(t, kMapRows * (kLanes / t.row_lanes())));
 }
 
 // A reduction's workspace: partials along the columns, then partials across the rows.
