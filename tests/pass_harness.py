@@ -47,7 +47,9 @@ SHAPES = {
     # shaped for one backend's blocking
     "aligned": (2, 32, 4, 8),  # CPU: whole vectors only
     "wide_c": (2, 300, 3, 5),  # CPU: more channels than one NHWC channel block
-    "threads": (3, 40, 37, 41),  # CPU: several NCHW pixel blocks and many NHWC pixel chunks per sample
+    "threads": (3, 40, 37, 41),  # CPU: many NHWC pixel chunks per sample
+    # CPU: two NCHW pixel blocks (> 4096 pixels) and two channel groups (csrc/cpu/dispatch.h, reduce_tiles)
+    "cpu_tiles": (2, 130, 65, 65),
     "multi_block": (1, 300, 17, 19),  # CUDA: > 256 pixels and > 256 channels, every reduction spans tiles
     "tiles": (2, 40, 7, 9),  # Triton (interpreter): 3 channel blocks x 4 pixel tiles (2 chunks of 2)
     "long": (1, 3, 17, 19),  # Triton: 21 pixel tiles, more partials than one fold block holds

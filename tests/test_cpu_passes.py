@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from .conftest import require_backend
-from .pass_harness import SPEC, make_x, small
+from .pass_harness import SHAPES, SPEC, make_x, small
 
 ISA_ENV = "CBAM_FUSED_CPU_ISA"
 
@@ -29,7 +29,8 @@ def ops():
     return torch.ops.cbam_fused
 
 
-@pytest.mark.parametrize("shape", [(3, 40, 37, 41), (4, 601, 7, 5)], ids=["long_pixel_rows", "short_pixel_rows"])
+@pytest.mark.parametrize("shape", [SHAPES["threads"], (4, 601, 7, 5), SHAPES["cpu_tiles"]],
+                         ids=["long_pixel_rows", "short_pixel_rows", "pixel_blocks_and_channel_groups"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_results_do_not_depend_on_thread_count(layout, shape):
     """Fixed blocking and fold order: bitwise the same with 1 thread and with several."""

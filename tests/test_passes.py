@@ -32,7 +32,8 @@ def _case(shape, kind="ties", passes=PASSES, rows=0, misaligned=False, every_pat
 # every pass set: ties everywhere (small integers), and NaN / +-inf across tile and block boundaries
 _COMMON = [_case("odd", "ints"), _case("tiles", "nan_inf")]
 CASES = {
-    "cpu": [_case(s) for s in AWKWARD + ["aligned", "wide_c", "threads"]] + _COMMON + [_case("odd", misaligned=True)],
+    "cpu": [_case(s) for s in AWKWARD + ["aligned", "wide_c", "threads"]]
+    + [_case("cpu_tiles", passes=["gate_grads", "pool_c_grad_a"])] + _COMMON + [_case("odd", misaligned=True)],
     "cudaemu": [_case(s, rows=rows) for s in AWKWARD for rows in (0, 8)] + [_case("multi_block", every_pattern=False)]
     + [_case(c["shape"], c["kind"], rows=8) for c in _COMMON] + [_case("odd", rows=8, misaligned=True)]
     + [_case("14x14")],

@@ -66,7 +66,7 @@ struct GateGradsArgs {
   const void* s;  // [N,P] acc or nullptr
   void* ga;  // [N,C] acc or nullptr (not wanted)
   void* gs;  // [N,P] acc or nullptr (not wanted)
-  void* partials;  // [N, ga_blocks(), C] acc scratch when ga is wanted
+  void* partials;  // reduce_scratch_elems() acc: ga's and gs's partial sums
   const void* gy_c;  // [N,C] acc: gy constant over pixels (the kGyC variant reads it, not gy)
 };
 
@@ -80,7 +80,7 @@ struct PoolCGradAArgs {
   const void* max;  // [N,P] acc (split-style ties)
   bool split;
   void* ga;  // [N,C] acc
-  void* partials;  // [N, ga_blocks(), C] acc scratch
+  void* partials;  // reduce_scratch_elems() acc: ga's partial sums
   bool accumulate;  // ga += the sum (the PassTable's contract), else ga = the sum
 };
 
@@ -117,15 +117,41 @@ struct KernelTable {
   InputGradFn input_grad[kNumDTypes][2][2];  // [..][reads gy_c]
 };
 
-// Pixel blocking of the reductions over pixels that write per-block partial sums of ga (fixed, so
-// the reduction order does not depend on the thread count). NCHW blocks hold a few KB of per-pixel
-// accumulators in L1; NHWC chunks add C partials per pixel chunk.
-constexpr int64_t kNchwPixelBlock = 512;
+// The tiles of the passes that reduce over pixels and channels at once (gate_grads, pool_c_grad_a).
+// They depend on the shape alone, so no sum's order depends on the thread count.
+// - NCHW: an item reads whole image planes of a group of channels, one run of consecutive memory that
+//   the hardware prefetchers follow. Blocks narrower than the plane read short segments one plane
+//   apart, which ran 1.5-1.6x slower in gate_grads (docs/design.md §4.5). Planes above
+//   kNchwPixelBlock pixels are cut into blocks (their per-pixel accumulators stay in L1), and the
+//   channels into groups of about kNchwGroupElems elements, so that a small batch still gives
+//   several items per sample.
+// - NHWC: chunks of kNhwcPixelChunk pixels, each adding C partial sums.
+// ga's partial sums are [N, blocks, C], summed in block order; with several channel groups, gs's
+// partial sums are [N, groups, P], summed in group order. Both live in one scratch, ga's first.
+constexpr int64_t kNchwPixelBlock = 4096;
+constexpr int64_t kNchwGroupElems = int64_t{1} << 18;
 constexpr int64_t kNhwcPixelChunk = 64;
 
-static inline int64_t ga_blocks(Layout layout, int64_t pixels) {
-  const int64_t b = layout == Layout::NCHW ? kNchwPixelBlock : kNhwcPixelChunk;
-  return (pixels + b - 1) / b;
+struct ReduceTiles {
+  int64_t block;   // pixels per block (the last one may be shorter)
+  int64_t blocks;
+  int64_t group;   // channels per group (the last one may be shorter)
+  int64_t groups;  // always 1 in NHWC
+};
+
+static inline ReduceTiles reduce_tiles(Layout layout, int64_t C, int64_t P) {
+  if (layout != Layout::NCHW) return {kNhwcPixelChunk, (P + kNhwcPixelChunk - 1) / kNhwcPixelChunk, C, 1};
+  const int64_t block = P < kNchwPixelBlock ? P : kNchwPixelBlock;
+  const int64_t wanted = (kNchwGroupElems + block - 1) / block;  // channels per group, at least
+  const int64_t groups = wanted >= C ? 1 : C / wanted;  // groups of at least `wanted` channels
+  const int64_t group = (C + groups - 1) / groups;
+  return {block, (P + block - 1) / block, group, (C + group - 1) / group};
+}
+
+// Elements of the scratch of gate_grads and pool_c_grad_a (accumulation type).
+static inline int64_t reduce_scratch_elems(Layout layout, int64_t N, int64_t C, int64_t P) {
+  const ReduceTiles t = reduce_tiles(layout, C, P);
+  return N * t.blocks * C + (t.groups > 1 ? N * t.groups * P : 0);
 }
 
 // The build chosen for this process (ops_cpu.cpp).

@@ -678,18 +678,21 @@ void gate_grads(const GateGradsArgs& args) {
   const A* s = static_cast<const A*>(args.s);
   A* ga = static_cast<A*>(args.ga);
   A* gs = static_cast<A*>(args.gs);
-  A* partials = static_cast<A*>(args.partials);
-  const int64_t blocks = ga_blocks(kLayout, P);
-  if constexpr (kLayout == Layout::NCHW) {  // per (n, pixel block): walk channels, lanes are pixels
-    constexpr int64_t kBlock = kNchwPixelBlock;
-    constexpr int64_t kVecs = kBlock / L;
-    at::parallel_for(0, N * blocks, grain_for(C * kBlock), [&](int64_t begin, int64_t end) {
+  const ReduceTiles tiles = reduce_tiles(kLayout, C, P);
+  const int64_t blocks = tiles.blocks;
+  A* partials = static_cast<A*>(args.partials);  // ga's [N, blocks, C], then gs's [N, groups, P]
+  if constexpr (kLayout == Layout::NCHW) {  // per (n, pixel block, channel group): lanes are pixels
+    constexpr int64_t kVecs = kNchwPixelBlock / L;
+    const int64_t groups = tiles.groups;
+    A* gs_partials = groups > 1 && gs ? partials + N * blocks * C : nullptr;
+    at::parallel_for(0, N * blocks * groups, grain_for(tiles.group * tiles.block), [&](int64_t begin, int64_t end) {
       Vec<A> gs_acc[kVecs];
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t n = item / blocks, b = item % blocks, p0 = b * kBlock;
-        const int64_t width = std::min(kBlock, P - p0);
+        const int64_t n = item / (blocks * groups), b = item / groups % blocks, g = item % groups;
+        const int64_t p0 = b * tiles.block, width = std::min(tiles.block, P - p0);
+        const int64_t c_begin = g * tiles.group, c_end = std::min(C, c_begin + tiles.group);
         const int64_t vecs = (width + L - 1) / L;
-        for (int64_t j = 0; j < kVecs; ++j) gs_acc[j] = Vec<A>(0);
+        for (int64_t j = 0; j < vecs; ++j) gs_acc[j] = Vec<A>(0);
         // kG channels at a time: each pixel vector's gs accumulator and s are loaded once per group,
         // the group's ga accumulators stay in registers. Every sum keeps its order (gs over channels,
         // ga over pixels), so the grouping does not change a bit.
@@ -700,7 +703,7 @@ void gate_grads(const GateGradsArgs& args) {
           for (int64_t k = 0; k < kG; ++k) {
             ac[k] = Vec<A>(a ? a[n * C + c0 + k] : A(1));
             ga_acc[k] = Vec<A>(0);
-            if (ahead && c0 + k + ahead < C) {
+            if (ahead && c0 + k + ahead < c_end) {
               const int64_t off = (n * C + c0 + k + ahead) * P + p0;
               if (!kGyC) prefetch_segment(gy.gy + off, width);
               prefetch_segment(x + off, width);
@@ -712,10 +715,10 @@ void gate_grads(const GateGradsArgs& args) {
             Vec<A> gsj = gs_acc[j];
             for (int64_t k = 0; k < kG; ++k) {
               const int64_t off = (n * C + c0 + k) * P + p0 + j * L;
-              const Vec<A> g = gy.along_pixels(off, n * C + c0 + k, m) *
-                               (m == L ? Io<T>::load(x + off) : Io<T>::load(x + off, m));
-              if (gs) gsj = gsj + (a ? g * ac[k] : g);
-              if (ga) ga_acc[k] = ga_acc[k] + (s ? g * sj : g);
+              const Vec<A> gv = gy.along_pixels(off, n * C + c0 + k, m) *
+                                (m == L ? Io<T>::load(x + off) : Io<T>::load(x + off, m));
+              if (gs) gsj = gsj + (a ? gv * ac[k] : gv);
+              if (ga) ga_acc[k] = ga_acc[k] + (s ? gv * sj : gv);
             }
             gs_acc[j] = gsj;
           }
@@ -724,17 +727,19 @@ void gate_grads(const GateGradsArgs& args) {
           }
         };
         constexpr int64_t kGroup = 4;
-        int64_t c = 0;
-        for (; c + kGroup <= C; c += kGroup) channels(c, std::integral_constant<int64_t, kGroup>{});
-        for (; c < C; ++c) channels(c, std::integral_constant<int64_t, 1>{});
+        int64_t c = c_begin;
+        for (; c + kGroup <= c_end; c += kGroup) channels(c, std::integral_constant<int64_t, kGroup>{});
+        for (; c < c_end; ++c) channels(c, std::integral_constant<int64_t, 1>{});
         if (gs) {
+          A* out = gs_partials ? gs_partials + (n * groups + g) * P : gs + n * P;
           for (int64_t j = 0; j < vecs; ++j) {
             const int64_t m = std::min(L, width - j * L);
-            gs_acc[j].store(gs + n * P + p0 + j * L, m);
+            gs_acc[j].store(out + p0 + j * L, m);
           }
         }
       }
     });
+    if (gs_partials) reduce_partials(gs_partials, gs, N, groups, P);
   } else {  // per (n, pixel chunk): rows of C channels, lanes are channels
     at::parallel_for(0, N * blocks, grain_for(C * kNhwcPixelChunk), [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
@@ -781,20 +786,22 @@ void pool_c_grad_a(const PoolCGradAArgs& args) {
   const A* mx = static_cast<const A*>(args.max);
   const bool split = args.split;
   A* partials = static_cast<A*>(args.partials);
-  const int64_t blocks = ga_blocks(kLayout, P);
+  const ReduceTiles tiles = reduce_tiles(kLayout, C, P);
+  const int64_t blocks = tiles.blocks;
   const Vec<A> one(1);
-  if constexpr (kLayout == Layout::NCHW) {  // per (n, pixel block): walk channels, lanes are pixels
-    constexpr int64_t kBlock = kNchwPixelBlock;
-    at::parallel_for(0, N * blocks, grain_for(C * kBlock), [&](int64_t begin, int64_t end) {
+  if constexpr (kLayout == Layout::NCHW) {  // per (n, pixel block, channel group): lanes are pixels
+    const int64_t groups = tiles.groups;
+    at::parallel_for(0, N * blocks * groups, grain_for(tiles.group * tiles.block), [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t n = item / blocks, b = item % blocks, p0 = b * kBlock;
-        const int64_t width = std::min(kBlock, P - p0);
+        const int64_t n = item / (blocks * groups), b = item / groups % blocks, g = item % groups;
+        const int64_t p0 = b * tiles.block, width = std::min(tiles.block, P - p0);
+        const int64_t c_begin = g * tiles.group, c_end = std::min(C, c_begin + tiles.group);
         const int64_t q = n * P + p0;  // offset of the block in the [N,P] arrays
         A* part = partials + (n * blocks + b) * C;
         const int64_t ahead = prefetch_rows_ahead<T>(width, P);
-        for (int64_t c = 0; c < C; ++c) {
+        for (int64_t c = c_begin; c < c_end; ++c) {
           const T* row = x + (n * C + c) * P + p0;
-          if (ahead && c + ahead < C) prefetch_segment(row + ahead * P, width);
+          if (ahead && c + ahead < c_end) prefetch_segment(row + ahead * P, width);
           const Vec<A> ac(a[n * C + c]);
           Vec<A> acc(0);
           for (int64_t i = 0; i < width; i += L) {
@@ -807,9 +814,17 @@ void pool_c_grad_a(const PoolCGradAArgs& args) {
           part[c] = fold_sum(acc);
         }
         if (!split) {  // index-style: one tied channel per pixel, added after the dense sums
-          for (int64_t i = 0; i < width; ++i) {
-            const auto k = static_cast<int64_t>(argmax[q + i]);
-            part[k] += static_cast<A>(x[(n * C + k) * P + p0 + i]) * v[q + i];
+          // Only the pixels whose tied channel is in this group, found a vector at a time: a branch
+          // per pixel would be mispredicted for about every other pixel when there are groups.
+          const Vec<A> lo(static_cast<A>(c_begin)), hi(static_cast<A>(c_end));
+          for (int64_t i = 0; i < width; i += L) {
+            const int64_t m = std::min(L, width - i);
+            const Vec<A> k = load_small(argmax + q + i, m, L);  // padding lanes: 0, cut by `lanes`
+            auto lanes = static_cast<unsigned>(~((k >= lo) & (k < hi)).zero_mask()) & ((1u << m) - 1u);
+            for (; lanes != 0; lanes &= lanes - 1) {
+              const int64_t p = i + lowest_set_bit(lanes), c = static_cast<int64_t>(argmax[q + p]);
+              part[c] += static_cast<A>(x[(n * C + c) * P + p0 + p]) * v[q + p];
+            }
           }
         }
       }

@@ -74,7 +74,7 @@ int apply_gates(const ::cbam_fused::ApplyGatesArgs& a, void*) {
 int gate_grads(const ::cbam_fused::GateGradsArgs& a, void*) {
   if (a.ga == nullptr && a.gs == nullptr) return 0;
   kernel_table().gate_grads[d(a.g.dtype)][l(a.g.layout)][a.gy_c != nullptr](cpu::GateGradsArgs{
-      shape(a.g), a.gy, a.x, a.a, a.s, a.ga, a.gs, a.ga != nullptr ? a.workspace : nullptr, a.gy_c});
+      shape(a.g), a.gy, a.x, a.a, a.s, a.ga, a.gs, a.workspace, a.gy_c});
   return 0;
 }
 
@@ -99,8 +99,8 @@ int input_grad(const ::cbam_fused::InputGradArgs& a, void*) {
 std::size_t workspace_bytes(Pass pass, const Geometry& g) {
   switch (pass) {
     case Pass::GateGrads:
-    case Pass::PoolCGradA:  // per-block partial sums of ga (fixed blocks: thread-count independent)
-      return static_cast<std::size_t>(g.n * ga_blocks(g.layout, g.p) * g.c) * acc_size(g);
+    case Pass::PoolCGradA:  // partial sums over fixed tiles (thread-count independent)
+      return static_cast<std::size_t>(reduce_scratch_elems(g.layout, g.n, g.c, g.p)) * acc_size(g);
     default:
       return 0;
   }
