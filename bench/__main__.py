@@ -38,10 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(default: %(default)s)")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
                    help="comma list of %s (default: %s)" % (", ".join(MODES), ",".join(DEFAULT_MODES)))
-    p.add_argument("--mode", choices=("sweep", "host", "passes"), default="sweep",
+    p.add_argument("--mode", choices=("sweep", "host", "passes", "allocator"), default="sweep",
                    help="sweep: the kernel benchmark; host: the fused block's host time and launch counts "
                         "against eager at a tiny shape on the CPU, one thread; passes: each full-size pass of "
-                        "each fused backend against a plain pass moving the same bytes (default: %(default)s)")
+                        "each fused backend against a plain pass moving the same bytes; allocator: a plain "
+                        "CPU training loop under the CPU allocator's settings, eager, compile and fused, one "
+                        "process per setting (--repeats rounds, default 7; shapes default to three of the "
+                        "targets) (default: %(default)s)")
     p.add_argument("--shapes", default="default",
                    help="comma list of shape sets (%s, default = %s) or literal NxCxHxW shapes "
                         "(default: %%(default)s)" % (", ".join(shape_sets.SHAPE_SETS),
@@ -194,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         return host.main(Console(width=150), args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.mode == "allocator":
+        from . import allocator
+
+        try:
+            shapes = None if args.shapes == "default" else shape_sets.resolve(_csv(args.shapes))
+        except ValueError as e:
+            raise SystemExit(f"error: --shapes: {e}") from None
+        return allocator.main(Console(width=150), args, shapes)
     device = resolve_device(args.device)
     try:
         shapes = shape_sets.resolve(_csv("tiny" if args.quick and args.shapes == "default" else args.shapes))

@@ -182,3 +182,19 @@ def test_every_mode_has_a_plot_name():
     from bench.budget import MODES
     from bench.report import MODE_FILE
     assert set(MODE_FILE) == set(MODES)
+
+
+def test_allocator_mode(tmp_path):
+    """``--mode allocator`` runs eager and fused in one child process per allocator setting (bench/README.md)
+    and reports each setting's environment and a time per implementation and shape."""
+    main(["--mode", "allocator", "--shapes", "2x32x8x8", "--no-compile", "--repeats", "2", "--threads", "1",
+          "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "allocator.json").read_text())
+    assert set(result["settings"]) == {"default", "thp", "keep"}
+    assert result["settings"]["default"]["env"] == {}
+    assert result["settings"]["thp"]["env"] == {"THP_MEM_ALLOC_ENABLE": "1"}
+    assert "glibc.malloc.trim_threshold" in result["settings"]["keep"]["env"]["GLIBC_TUNABLES"]
+    for setting in result["settings"].values():
+        impls = setting["shapes"]["2x32x8x8"]
+        assert set(impls) == {"eager", "fused"}
+        assert all(t["median_s"] > 0 and t["iqr_s"] >= 0 for t in impls.values())
