@@ -95,6 +95,19 @@ A fold_sum(const Vec<A>& v) {
   return s;
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+template <typename A>
+struct VecArgMax;
+template <typename A>
+struct VecMax;
+
+// The unmasked updates of VecArgMax and VecMax in AVX-512 mask registers (defined below them).
+inline void update_in_mask_registers(VecArgMax<float>& t, const Vec<float>& v, const Vec<float>& at);
+inline void update_in_mask_registers(VecArgMax<double>& t, const Vec<double>& v, const Vec<double>& at);
+inline void update_in_mask_registers(VecMax<float>& t, const Vec<float>& v, const Vec<float>& at);
+inline void update_in_mask_registers(VecMax<double>& t, const Vec<double>& v, const Vec<double>& at);
+#endif
+
 // Running max with first position and count of maxima; NaN wins and keeps its first position
 // (torch.max semantics). cnt == 0 marks "nothing seen yet".
 template <typename A>
@@ -142,6 +155,12 @@ struct VecArgMax {
 
   template <bool kMasked = false>
   void update(const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid = Vec<A>(0)) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (!kMasked) {
+      update_in_mask_registers(*this, v, at);
+      return;
+    }
+#endif
     const Vec<A> one(1);
     // v takes over if it is larger or NaN (!(v <= max)), unless the lane already holds a NaN
     Vec<A> takes = ((v <= max) ^ all_lanes()) & (max == max);
@@ -179,7 +198,14 @@ struct VecMax {
   }
 
   template <bool kMasked = false>
-  void update(const Vec<A>& v, const Vec<A>&, const Vec<A>& valid = Vec<A>(0)) {
+  void update(const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid = Vec<A>(0)) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (!kMasked) {
+      update_in_mask_registers(*this, v, at);
+      return;
+    }
+#endif
+    (void)at;
     Vec<A> takes = ((v <= max) ^ VecArgMax<A>::all_lanes()) & (max == max);
     if constexpr (kMasked) takes = takes & valid;
     max = Vec<A>::blendv(max, v, takes);
@@ -194,6 +220,40 @@ struct VecMax {
     }
   }
 };
+
+#if defined(CPU_CAPABILITY_AVX512)
+// VecArgMax::update and VecMax::update (unmasked) in AVX-512 mask registers: at::vec's comparisons
+// return vector masks and its blendv compares them back into a mask register, about twice the
+// instructions of the rule itself, and the pools that track a maximum spend their time there. The
+// same rule, lane for lane, so the same bits: v takes over where !(v <= max) (larger, or NaN) unless
+// max is NaN; ties (v == max, never NaN) add one to the count.
+inline void update_in_mask_registers(VecArgMax<float>& t, const Vec<float>& v, const Vec<float>& at) {
+  const __m512 vv = v, mm = t.max, one = _mm512_set1_ps(1.0f);
+  const __mmask16 takes = _mm512_cmp_ps_mask(vv, mm, _CMP_NLE_UQ) & _mm512_cmp_ps_mask(mm, mm, _CMP_ORD_Q);
+  const __mmask16 ties = _mm512_cmp_ps_mask(vv, mm, _CMP_EQ_OQ);
+  const __m512 cnt = t.cnt;
+  t.max = _mm512_mask_mov_ps(mm, takes, vv);
+  t.pos = _mm512_mask_mov_ps(t.pos, takes, at);
+  t.cnt = _mm512_mask_mov_ps(_mm512_mask_add_ps(cnt, ties, cnt, one), takes, one);
+}
+inline void update_in_mask_registers(VecArgMax<double>& t, const Vec<double>& v, const Vec<double>& at) {
+  const __m512d vv = v, mm = t.max, one = _mm512_set1_pd(1.0);
+  const __mmask8 takes = _mm512_cmp_pd_mask(vv, mm, _CMP_NLE_UQ) & _mm512_cmp_pd_mask(mm, mm, _CMP_ORD_Q);
+  const __mmask8 ties = _mm512_cmp_pd_mask(vv, mm, _CMP_EQ_OQ);
+  const __m512d cnt = t.cnt;
+  t.max = _mm512_mask_mov_pd(mm, takes, vv);
+  t.pos = _mm512_mask_mov_pd(t.pos, takes, at);
+  t.cnt = _mm512_mask_mov_pd(_mm512_mask_add_pd(cnt, ties, cnt, one), takes, one);
+}
+inline void update_in_mask_registers(VecMax<float>& t, const Vec<float>& v, const Vec<float>&) {
+  const __m512 vv = v, mm = t.max;
+  t.max = _mm512_mask_mov_ps(mm, _mm512_cmp_ps_mask(vv, mm, _CMP_NLE_UQ) & _mm512_cmp_ps_mask(mm, mm, _CMP_ORD_Q), vv);
+}
+inline void update_in_mask_registers(VecMax<double>& t, const Vec<double>& v, const Vec<double>&) {
+  const __m512d vv = v, mm = t.max;
+  t.max = _mm512_mask_mov_pd(mm, _mm512_cmp_pd_mask(vv, mm, _CMP_NLE_UQ) & _mm512_cmp_pd_mask(mm, mm, _CMP_ORD_Q), vv);
+}
+#endif
 
 // kTrack: the pool keeps argmax and count (training), else the max alone (inference).
 template <typename A, bool kTrack>
