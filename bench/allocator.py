@@ -53,6 +53,7 @@ def _steps(shape, impls, seed: int = 0) -> dict:
     from cbam_fused import reference
 
     from .formulations import build
+    from .measure import training_step
 
     torch.manual_seed(seed)
     ref = reference.CBAM(shape[1])
@@ -63,17 +64,7 @@ def _steps(shape, impls, seed: int = 0) -> dict:
         modules["compile"] = torch.compile(build(COMPILE_FORMULATION, ref))
     x = torch.randn(shape, requires_grad=True)
     gy = torch.randn(shape)
-
-    def step_of(m):
-        params = list(m.parameters())
-
-        def step():
-            x.grad = None
-            for p in params:
-                p.grad = None
-            m(x).backward(gy)
-        return step
-    return {name: step_of(modules[name]) for name in impls}
+    return {name: training_step(modules[name], x, gy) for name in impls}
 
 
 def child(shapes, impls, rounds: int, calls: int, threads: int) -> dict:

@@ -20,6 +20,7 @@ from cbam_fused import reference
 
 from .formulations import MatmulCBAM
 from .launches import NO_KERNEL, training_step_launches
+from .measure import training_step
 
 SHAPE = (2, 64, 8, 8)
 TARGET = 0.5  # fused host time at most half of eager's
@@ -34,15 +35,7 @@ def _step(module, x, gy, mode):
             with torch.no_grad():
                 return module(x)
         return run
-
-    params = list(module.parameters())
-
-    def run():
-        x.grad = None
-        for p in params:
-            p.grad = None
-        module(x).backward(gy)
-    return run
+    return training_step(module, x, gy)
 
 
 def _eager_launches(module, x, gy) -> int:

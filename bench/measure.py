@@ -9,6 +9,19 @@ from typing import Callable, Iterable, Optional
 import torch
 
 
+def training_step(module: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor) -> Callable[[], None]:
+    """``module(x).backward(gy)`` as a callable, with x's and the parameters' gradients set to None
+    first, as a training loop's zero_grad(set_to_none=True) does."""
+    params = list(module.parameters())
+
+    def step() -> None:
+        x.grad = None
+        for p in params:
+            p.grad = None
+        module(x).backward(gy)
+    return step
+
+
 @dataclass
 class Timing:
     median_s: float

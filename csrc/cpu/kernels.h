@@ -102,10 +102,10 @@ template <typename A>
 struct VecMax;
 
 // The unmasked updates of VecArgMax and VecMax in AVX-512 mask registers (defined below them).
-inline void update_in_mask_registers(VecArgMax<float>& t, const Vec<float>& v, const Vec<float>& at);
-inline void update_in_mask_registers(VecArgMax<double>& t, const Vec<double>& v, const Vec<double>& at);
-inline void update_in_mask_registers(VecMax<float>& t, const Vec<float>& v, const Vec<float>& at);
-inline void update_in_mask_registers(VecMax<double>& t, const Vec<double>& v, const Vec<double>& at);
+template <typename A>
+void update_in_mask_registers(VecArgMax<A>& t, const Vec<A>& v, const Vec<A>& at);
+template <typename A>
+void update_in_mask_registers(VecMax<A>& t, const Vec<A>& v, const Vec<A>& at);
 #endif
 
 // Running max with first position and count of maxima; NaN wins and keeps its first position
@@ -226,32 +226,37 @@ struct VecMax {
 // return vector masks and its blendv compares them back into a mask register, about twice the
 // instructions of the rule itself, and the pools that track a maximum spend their time there. The
 // same rule, lane for lane, so the same bits: v takes over where !(v <= max) (larger, or NaN) unless
-// max is NaN; ties (v == max, never NaN) add one to the count.
-inline void update_in_mask_registers(VecArgMax<float>& t, const Vec<float>& v, const Vec<float>& at) {
-  const __m512 vv = v, mm = t.max, one = _mm512_set1_ps(1.0f);
-  const __mmask16 takes = _mm512_cmp_ps_mask(vv, mm, _CMP_NLE_UQ) & _mm512_cmp_ps_mask(mm, mm, _CMP_ORD_Q);
-  const __mmask16 ties = _mm512_cmp_ps_mask(vv, mm, _CMP_EQ_OQ);
-  const __m512 cnt = t.cnt;
-  t.max = _mm512_mask_mov_ps(mm, takes, vv);
-  t.pos = _mm512_mask_mov_ps(t.pos, takes, at);
-  t.cnt = _mm512_mask_mov_ps(_mm512_mask_add_ps(cnt, ties, cnt, one), takes, one);
+// max is NaN; ties (v == max, never NaN) add one to the count. Below: the rule's masks and masked
+// moves, on 16 floats or 8 doubles.
+template <typename A>
+using Raw512 = std::conditional_t<std::is_same_v<A, float>, __m512, __m512d>;
+inline __mmask16 takes_over(__m512 v, __m512 mx) {
+  return _mm512_cmp_ps_mask(v, mx, _CMP_NLE_UQ) & _mm512_cmp_ps_mask(mx, mx, _CMP_ORD_Q);
 }
-inline void update_in_mask_registers(VecArgMax<double>& t, const Vec<double>& v, const Vec<double>& at) {
-  const __m512d vv = v, mm = t.max, one = _mm512_set1_pd(1.0);
-  const __mmask8 takes = _mm512_cmp_pd_mask(vv, mm, _CMP_NLE_UQ) & _mm512_cmp_pd_mask(mm, mm, _CMP_ORD_Q);
-  const __mmask8 ties = _mm512_cmp_pd_mask(vv, mm, _CMP_EQ_OQ);
-  const __m512d cnt = t.cnt;
-  t.max = _mm512_mask_mov_pd(mm, takes, vv);
-  t.pos = _mm512_mask_mov_pd(t.pos, takes, at);
-  t.cnt = _mm512_mask_mov_pd(_mm512_mask_add_pd(cnt, ties, cnt, one), takes, one);
+inline __mmask8 takes_over(__m512d v, __m512d mx) {
+  return _mm512_cmp_pd_mask(v, mx, _CMP_NLE_UQ) & _mm512_cmp_pd_mask(mx, mx, _CMP_ORD_Q);
 }
-inline void update_in_mask_registers(VecMax<float>& t, const Vec<float>& v, const Vec<float>&) {
-  const __m512 vv = v, mm = t.max;
-  t.max = _mm512_mask_mov_ps(mm, _mm512_cmp_ps_mask(vv, mm, _CMP_NLE_UQ) & _mm512_cmp_ps_mask(mm, mm, _CMP_ORD_Q), vv);
+inline __mmask16 ties_with(__m512 v, __m512 mx) { return _mm512_cmp_ps_mask(v, mx, _CMP_EQ_OQ); }
+inline __mmask8 ties_with(__m512d v, __m512d mx) { return _mm512_cmp_pd_mask(v, mx, _CMP_EQ_OQ); }
+inline __m512 where(__mmask16 k, __m512 yes, __m512 no) { return _mm512_mask_mov_ps(no, k, yes); }
+inline __m512d where(__mmask8 k, __m512d yes, __m512d no) { return _mm512_mask_mov_pd(no, k, yes); }
+inline __m512 add_where(__mmask16 k, __m512 a, __m512 b) { return _mm512_mask_add_ps(a, k, a, b); }
+inline __m512d add_where(__mmask8 k, __m512d a, __m512d b) { return _mm512_mask_add_pd(a, k, a, b); }
+
+template <typename A>
+void update_in_mask_registers(VecArgMax<A>& t, const Vec<A>& v, const Vec<A>& at) {
+  using R = Raw512<A>;
+  const R vv = v, mx = t.max, one = Vec<A>(1), cnt = t.cnt;
+  const auto takes = takes_over(vv, mx);
+  t.max = where(takes, vv, mx);
+  t.pos = where(takes, static_cast<R>(at), static_cast<R>(t.pos));
+  t.cnt = where(takes, one, add_where(ties_with(vv, mx), cnt, one));
 }
-inline void update_in_mask_registers(VecMax<double>& t, const Vec<double>& v, const Vec<double>&) {
-  const __m512d vv = v, mm = t.max;
-  t.max = _mm512_mask_mov_pd(mm, _mm512_cmp_pd_mask(vv, mm, _CMP_NLE_UQ) & _mm512_cmp_pd_mask(mm, mm, _CMP_ORD_Q), vv);
+template <typename A>
+void update_in_mask_registers(VecMax<A>& t, const Vec<A>& v, const Vec<A>&) {
+  using R = Raw512<A>;
+  const R vv = v, mx = t.max;
+  t.max = where(takes_over(vv, mx), vv, mx);
 }
 #endif
 
