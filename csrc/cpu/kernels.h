@@ -141,10 +141,36 @@ struct ArgMax {
   }
 };
 
+template <typename A>
+Vec<A> all_lanes() {
+  return Vec<A>(0) == Vec<A>(0);
+}
+
+// What VecArgMax and VecMax share: feed() starts a tracker with init() on its first elements and
+// updates it after that (in AVX-512 mask registers where the build has them and no lane is masked).
+template <typename A, typename Tracker>
+struct FedLanes {
+  template <bool kMasked = false>
+  void feed(bool first, const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid = Vec<A>(0)) {
+    auto& self = static_cast<Tracker&>(*this);
+    if (first) {
+      self.init(v, at, kMasked ? valid : all_lanes<A>());
+      return;
+    }
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (!kMasked) {
+      update_in_mask_registers(self, v, at);
+      return;
+    }
+#endif
+    self.template update<kMasked>(v, at, valid);
+  }
+};
+
 // The same per lane: lane i tracks the elements it was fed, in increasing position order. Start
 // with init() on the first elements (lanes outside `valid` stay empty: cnt == 0, never fed again).
 template <typename A>
-struct VecArgMax {
+struct VecArgMax : FedLanes<A, VecArgMax<A>> {
   Vec<A> max, pos, cnt;
 
   void init(const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid) {
@@ -153,17 +179,11 @@ struct VecArgMax {
     cnt = valid & Vec<A>(1);
   }
 
-  template <bool kMasked = false>
-  void update(const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid = Vec<A>(0)) {
-#if defined(CPU_CAPABILITY_AVX512)
-    if constexpr (!kMasked) {
-      update_in_mask_registers(*this, v, at);
-      return;
-    }
-#endif
+  template <bool kMasked>
+  void update(const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid) {
     const Vec<A> one(1);
     // v takes over if it is larger or NaN (!(v <= max)), unless the lane already holds a NaN
-    Vec<A> takes = ((v <= max) ^ all_lanes()) & (max == max);
+    Vec<A> takes = ((v <= max) ^ all_lanes<A>()) & (max == max);
     Vec<A> ties = v == max;  // false for NaN
     if constexpr (kMasked) {
       takes = takes & valid;
@@ -173,56 +193,28 @@ struct VecArgMax {
     pos = Vec<A>::blendv(pos, at, takes);
     cnt = Vec<A>::blendv(cnt + (ties & one), one, takes);
   }
-
-  static Vec<A> all_lanes() { return Vec<A>(0) == Vec<A>(0); }
-
-  // update, or init for the first elements
-  template <bool kMasked = false>
-  void feed(bool first, const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid = Vec<A>(0)) {
-    if (first) {
-      init(v, at, kMasked ? valid : all_lanes());
-    } else {
-      update<kMasked>(v, at, valid);
-    }
-  }
 };
 
 // VecArgMax's maximum alone (inference: no argmax, no count), updated by the same rule, so the max
 // is bitwise the tracking one's.
 template <typename A>
-struct VecMax {
+struct VecMax : FedLanes<A, VecMax<A>> {
   Vec<A> max;
 
   void init(const Vec<A>& v, const Vec<A>&, const Vec<A>& valid) {
     max = Vec<A>::blendv(Vec<A>(-std::numeric_limits<A>::infinity()), v, valid);
   }
 
-  template <bool kMasked = false>
-  void update(const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid = Vec<A>(0)) {
-#if defined(CPU_CAPABILITY_AVX512)
-    if constexpr (!kMasked) {
-      update_in_mask_registers(*this, v, at);
-      return;
-    }
-#endif
-    (void)at;
-    Vec<A> takes = ((v <= max) ^ VecArgMax<A>::all_lanes()) & (max == max);
+  template <bool kMasked>
+  void update(const Vec<A>& v, const Vec<A>&, const Vec<A>& valid) {
+    Vec<A> takes = ((v <= max) ^ all_lanes<A>()) & (max == max);
     if constexpr (kMasked) takes = takes & valid;
     max = Vec<A>::blendv(max, v, takes);
-  }
-
-  template <bool kMasked = false>
-  void feed(bool first, const Vec<A>& v, const Vec<A>& at, const Vec<A>& valid = Vec<A>(0)) {
-    if (first) {
-      init(v, at, kMasked ? valid : VecArgMax<A>::all_lanes());
-    } else {
-      update<kMasked>(v, at, valid);
-    }
   }
 };
 
 #if defined(CPU_CAPABILITY_AVX512)
-// VecArgMax::update and VecMax::update (unmasked) in AVX-512 mask registers: at::vec's comparisons
+// VecArgMax's and VecMax's unmasked updates in AVX-512 mask registers: at::vec's comparisons
 // return vector masks and its blendv compares them back into a mask register, about twice the
 // instructions of the rule itself, and the pools that track a maximum spend their time there. The
 // same rule, lane for lane, so the same bits: v takes over where !(v <= max) (larger, or NaN) unless
@@ -396,8 +388,9 @@ inline int64_t grain_for(int64_t elems_per_item) {  // ~32K elements per task
   return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, elems_per_item));
 }
 
-// NCHW passes that walk the channels of a pixel block read short row segments (0.5-2 KB) one image
-// plane apart; the hardware prefetchers do not follow that pattern and the loads wait on memory.
+// NCHW passes that walk the channels of a pixel block read row segments one image plane apart
+// (pool_c's 128-pixel blocks; gate_grads and pool_c_grad_a only on planes above kNchwPixelBlock
+// pixels); the hardware prefetchers do not follow that pattern and the loads wait on memory.
 // So the segment a few channels ahead is prefetched by hand (about kPrefetchBytes ahead; a prefetch
 // never faults, but only rows that exist are fetched). A block that spans the whole image is read
 // sequentially, which the prefetchers follow: no prefetch there (0 rows ahead). Changes no result.
