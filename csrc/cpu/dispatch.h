@@ -66,7 +66,7 @@ struct GateGradsArgs {
   const void* s;  // [N,P] acc or nullptr
   void* ga;  // [N,C] acc or nullptr (not wanted)
   void* gs;  // [N,P] acc or nullptr (not wanted)
-  void* partials;  // reduce_scratch_elems() acc: ga's and gs's partial sums
+  void* partials;  // reduce_scratch_elems(.., gs = true) acc: ga's and gs's partial sums
   const void* gy_c;  // [N,C] acc: gy constant over pixels (the kGyC variant reads it, not gy)
 };
 
@@ -80,7 +80,7 @@ struct PoolCGradAArgs {
   const void* max;  // [N,P] acc (split-style ties)
   bool split;
   void* ga;  // [N,C] acc
-  void* partials;  // reduce_scratch_elems() acc: ga's partial sums
+  void* partials;  // reduce_scratch_elems(.., gs = false) acc: ga's partial sums
   bool accumulate;  // ga += the sum (the PassTable's contract), else ga = the sum
 };
 
@@ -148,10 +148,11 @@ static inline ReduceTiles reduce_tiles(Layout layout, int64_t C, int64_t P) {
   return {block, (P + block - 1) / block, group, (C + group - 1) / group};
 }
 
-// Elements of the scratch of gate_grads and pool_c_grad_a (accumulation type).
-static inline int64_t reduce_scratch_elems(Layout layout, int64_t N, int64_t C, int64_t P) {
+// Elements of the scratch of gate_grads and pool_c_grad_a (accumulation type): ga's partial sums,
+// then, with `gs` (gate_grads when gs may be wanted), gs's.
+static inline int64_t reduce_scratch_elems(Layout layout, int64_t N, int64_t C, int64_t P, bool gs) {
   const ReduceTiles t = reduce_tiles(layout, C, P);
-  return N * t.blocks * C + (t.groups > 1 ? N * t.groups * P : 0);
+  return N * t.blocks * C + (gs && t.groups > 1 ? N * t.groups * P : 0);
 }
 
 // The build chosen for this process (ops_cpu.cpp).

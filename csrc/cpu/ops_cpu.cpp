@@ -250,7 +250,7 @@ std::tuple<Tensor, Tensor> gate_grads(const Tensor& gy, const Tensor& x, const O
   const auto acc = acc_of(x);
   Tensor ga = want_a ? small_out(x, b.shape.c, acc) : at::empty({0}, x.options().dtype(acc));
   Tensor gs = want_s ? small_out(x, b.shape.p, acc) : at::empty({0}, x.options().dtype(acc));
-  Tensor partials = at::empty({reduce_scratch_elems(b.layout, b.shape.n, b.shape.c, b.shape.p)}, x.options().dtype(acc));
+  Tensor partials = at::empty({reduce_scratch_elems(b.layout, b.shape.n, b.shape.c, b.shape.p, want_s)}, x.options().dtype(acc));
   kernels().table.gate_grads[d(b.dtype)][l(b.layout)][0](
       GateGradsArgs{b.shape, gy.data_ptr(), x.data_ptr(), a_ptr, s_ptr, want_a ? ga.data_ptr() : nullptr,
                     want_s ? gs.data_ptr() : nullptr, partials.data_ptr(), nullptr});
@@ -274,7 +274,7 @@ Tensor pool_c_grad_a(const Tensor& x, const Tensor& a, const Tensor& u, const Te
                       nullptr,
                       /*accumulate=*/false};
   Tensor ga = small_out(x, C, acc_of(x));
-  Tensor partials = at::empty({reduce_scratch_elems(b.layout, b.shape.n, C, P)}, x.options().dtype(acc_of(x)));
+  Tensor partials = at::empty({reduce_scratch_elems(b.layout, b.shape.n, C, P, /*gs=*/false)}, x.options().dtype(acc_of(x)));
   args.ga = ga.data_ptr();
   args.partials = partials.data_ptr();
   kernels().table.pool_c_grad_a[d(b.dtype)][l(b.layout)](args);

@@ -98,9 +98,11 @@ int input_grad(const ::cbam_fused::InputGradArgs& a, void*) {
 
 std::size_t workspace_bytes(Pass pass, const Geometry& g) {
   switch (pass) {
-    case Pass::GateGrads:
-    case Pass::PoolCGradA:  // partial sums over fixed tiles (thread-count independent)
-      return static_cast<std::size_t>(reduce_scratch_elems(g.layout, g.n, g.c, g.p)) * acc_size(g);
+    case Pass::GateGrads:  // partial sums over fixed tiles (thread-count independent)
+    case Pass::PoolCGradA: {
+      const bool gs = pass == Pass::GateGrads;  // pool_c_grad_a sums over pixels only
+      return static_cast<std::size_t>(reduce_scratch_elems(g.layout, g.n, g.c, g.p, gs)) * acc_size(g);
+    }
     default:
       return 0;
   }
