@@ -18,7 +18,8 @@ strongest compiled formulation for forward+backward (``matmul_amax``, see bench/
 and the fused module take turns, ``rounds`` rounds of ``calls`` consecutive steps each, the way a
 training loop runs one model; a step is ``m(x).backward(gy)`` with the gradients set to None. The
 figure per round is its median step; the table gives the median and the interquartile range across
-rounds (``--no-compile``: eager and fused only). cbam_fused never sets any of these: they are the user's choice for the whole process.
+rounds (``--no-compile``: eager and fused only). cbam_fused never sets any of these: they are the
+user's choice for the whole process.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ import time
 
 import torch
 
+from .measure import iqr, training_step
+
 GIB = 1 << 30
 SETTINGS = {
     "default": {},
@@ -43,17 +46,11 @@ IMPLS = ("eager", "compile", "fused")
 COMPILE_FORMULATION = "matmul_amax"
 
 
-def _iqr(values: list[float]) -> float:
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return q[2] - q[0]
-
-
 def _steps(shape, impls, seed: int = 0) -> dict:
     import cbam_fused
     from cbam_fused import reference
 
     from .formulations import build
-    from .measure import training_step
 
     torch.manual_seed(seed)
     ref = reference.CBAM(shape[1])
@@ -102,19 +99,19 @@ def measure(shapes, impls, rounds: int, calls: int, threads: int) -> dict:
     result = {"schema": 1, "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "threads": threads, "rounds": rounds, "calls": calls, "thp_mode": _thp_mode(), "impls": list(impls),
               "compile_formulation": COMPILE_FORMULATION if "compile" in impls else None, "settings": {}}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name, env in SETTINGS.items():
         args = [sys.executable, "-m", "bench.allocator", "--child", json.dumps(
             {"shapes": [list(s) for s in shapes], "impls": list(impls), "rounds": rounds, "calls": calls,
              "threads": threads})]
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         proc = subprocess.run(args, cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"allocator setting {name!r}: the child failed:\n{proc.stderr[-2000:]}")
         per_shape = json.loads(proc.stdout.strip().splitlines()[-1])
         result["settings"][name] = {
             "env": env,
-            "shapes": {shape: {impl: {"median_s": statistics.median(v), "iqr_s": _iqr(v)} for impl, v in impls.items()}
-                       for shape, impls in per_shape.items()}}
+            "shapes": {shape: {impl: {"median_s": statistics.median(v), "iqr_s": iqr(v)} for impl, v in by_impl.items()}
+                       for shape, by_impl in per_shape.items()}}
     return result
 
 

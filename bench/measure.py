@@ -96,10 +96,10 @@ class Stopwatch:
         counted = self.counted if self.counter else None
         if self.device.type == "cuda":
             t = self._cuda_times
-            return Timing(median_s=statistics.median(t), iqr_s=_iqr(t), samples=len(t), calls_per_sample=1,
+            return Timing(median_s=statistics.median(t), iqr_s=iqr(t), samples=len(t), calls_per_sample=1,
                           counted=counted)
         t = self._cpu_times
-        return Timing(median_s=statistics.median(t), iqr_s=_iqr(t), samples=len(t),
+        return Timing(median_s=statistics.median(t), iqr_s=iqr(t), samples=len(t),
                       calls_per_sample=self.calls_per_block, counted=counted)
 
 
@@ -108,7 +108,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _iqr(values: list[float]) -> float:
+def iqr(values: list[float]) -> float:
+    """Interquartile range (inclusive quartiles); 0 for fewer than two values."""
     if len(values) < 2:
         return 0.0
     q = statistics.quantiles(values, n=4, method="inclusive")
