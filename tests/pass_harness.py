@@ -50,6 +50,10 @@ SHAPES = {
     "threads": (3, 40, 37, 41),  # CPU: many NHWC pixel chunks per sample
     # CPU: two NCHW pixel blocks (> 4096 pixels) and two channel groups (csrc/cpu/dispatch.h, reduce_tiles)
     "cpu_tiles": (2, 130, 65, 65),
+    # CPU: the pools whose lanes are outputs (NCHW pool_c, channels_last pool_hw) take two samples
+    # per item without ties at up to 4 vectors, given 2 samples per thread (csrc/cpu/kernels.h,
+    # pool_lanes); an odd N leaves one alone
+    "cpu_pairs": (5, 24, 7, 7),
     "multi_block": (1, 300, 17, 19),  # CUDA: > 256 pixels and > 256 channels, every reduction spans tiles
     "tiles": (2, 40, 7, 9),  # Triton (interpreter): 3 channel blocks x 4 pixel tiles (2 chunks of 2)
     "long": (1, 3, 17, 19),  # Triton: 21 pixel tiles, more partials than one fold block holds

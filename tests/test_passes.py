@@ -33,7 +33,7 @@ def _case(shape, kind="ties", passes=PASSES, rows=0, misaligned=False, every_pat
 _COMMON = [_case("odd", "ints"), _case("tiles", "nan_inf")]
 CASES = {
     "cpu": [_case(s) for s in AWKWARD + ["aligned", "wide_c", "threads"]]
-    + [_case("cpu_tiles", passes=["gate_grads", "pool_c_grad_a"])] + _COMMON + [_case("odd", misaligned=True)],
+    + [_case("cpu_tiles", passes=["gate_grads", "pool_c_grad_a"]), _case("cpu_pairs", passes=["pool_hw", "pool_c"])] + _COMMON + [_case("odd", misaligned=True)],
     "cudaemu": [_case(s, rows=rows) for s in AWKWARD for rows in (0, 8)] + [_case("multi_block", every_pattern=False)]
     + [_case(c["shape"], c["kind"], rows=8) for c in _COMMON] + [_case("odd", rows=8, misaligned=True)]
     + [_case("14x14")],
@@ -140,7 +140,7 @@ def _bits(t):
 
 
 # the pass set's reduction paths: short rows, middling ones, rows past the CPU's one-pass length
-NO_TIES_SHAPES = {"cpu": ["odd", "7x7", "wide_c", "threads"], "cudaemu": ["odd", "multi_block"],
+NO_TIES_SHAPES = {"cpu": ["odd", "7x7", "wide_c", "threads", "cpu_pairs"], "cudaemu": ["odd", "multi_block"],
                   "cuda": ["odd", "multi_block"], "triton": ["tiles"]}
 
 
