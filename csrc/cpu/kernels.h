@@ -390,7 +390,8 @@ inline int64_t grain_for(int64_t elems_per_item) {  // ~32K elements per task
 
 // NCHW passes that walk the channels of a pixel block read row segments one image plane apart
 // (pool_c's blocks of kLaneBlockVecs vectors; gate_grads and pool_c_grad_a only on planes above
-// kNchwPixelBlock pixels); the hardware prefetchers do not follow that pattern and the loads wait on memory.
+// kNchwPixelBlock pixels); the hardware prefetchers do not follow that pattern and the loads wait on
+// memory.
 // So the segment a few channels ahead is prefetched by hand (about kPrefetchBytes ahead; a prefetch
 // never faults, but only rows that exist are fetched). A block that spans the whole image is read
 // sequentially, which the prefetchers follow: no prefetch there (0 rows ahead). Changes no result.
@@ -514,8 +515,8 @@ void pool_rows(const T* x, const acc_t<T>* scale, int64_t groups, int64_t rows_p
 // pixels, lanes channels). v = acc(x) * scale[step] (scale == nullptr: x), pooled over the rows in
 // order. At most kLaneBlockVecs vectors per item; V = width / L of them full, then `rest` lanes.
 // V is a compile-time constant, so the loops unroll and the accumulators stay in registers:
-// indexed at run time they lived in memory, and NCHW pool_c took about 3x a plain read of its bytes
-// on an AMD EPYC VM (2x after). S samples at once (x by sample_stride, scale by `steps`, outputs by
+// indexed at run time they lived in memory, and NCHW pool_c took 1.2-1.7x as long (README.md,
+// "Results (CPU)"). S samples at once (x by sample_stride, scale by `steps`, outputs by
 // out_stride): where an item has few vectors, one sample's max chains alone would wait on their
 // latency at every row.
 constexpr int64_t kLaneBlockVecs = 8;
@@ -561,6 +562,15 @@ void pool_lane_block(const T* x, const acc_t<T>* scale, int64_t steps, int64_t s
   }
 }
 
+// f(std::integral_constant<int64_t, min(full, V)>{}): a run-time count of vectors as a template argument.
+template <int64_t V, typename F>
+void with_full_vecs(int64_t full, F&& f) {
+  if constexpr (V > 0) {
+    if (full < V) return with_full_vecs<V - 1>(full, f);
+  }
+  f(std::integral_constant<int64_t, V>{});
+}
+
 // Runs pool_lane_block over N samples x blocks of `len` lanes (kLaneBlockVecs vectors each, the last
 // one shorter): sample n's block at x + n * sample_stride + lane0, its scale at scale + n * steps, its
 // outputs at n * len + lane0. An item of at most kPairVecs vectors takes two samples (untracked only:
@@ -584,21 +594,13 @@ void pool_lanes(const T* x, const acc_t<T>* scale, int64_t N, int64_t len, int64
             x + n * sample_stride + lane0, scale ? scale + n * steps : nullptr, steps, stride, sample_stride, width,
             n * len + lane0, len, mean, mx, argmax, count);
       };
-      using One = std::integral_constant<int64_t, 1>;
-      using Two = std::integral_constant<int64_t, 2>;
       const bool pair = S == 2 && n + 1 < N;  // an odd N leaves the last sample alone
-      static_assert(kLaneBlockVecs == 8 && kPairVecs == 4, "one case per count of full vectors below");
-      switch (width / L) {
-        case 0: pair ? block(std::integral_constant<int64_t, 0>{}, Two{}) : block(std::integral_constant<int64_t, 0>{}, One{}); break;
-        case 1: pair ? block(std::integral_constant<int64_t, 1>{}, Two{}) : block(std::integral_constant<int64_t, 1>{}, One{}); break;
-        case 2: pair ? block(std::integral_constant<int64_t, 2>{}, Two{}) : block(std::integral_constant<int64_t, 2>{}, One{}); break;
-        case 3: pair ? block(std::integral_constant<int64_t, 3>{}, Two{}) : block(std::integral_constant<int64_t, 3>{}, One{}); break;
-        case 4: block(std::integral_constant<int64_t, 4>{}, One{}); break;
-        case 5: block(std::integral_constant<int64_t, 5>{}, One{}); break;
-        case 6: block(std::integral_constant<int64_t, 6>{}, One{}); break;
-        case 7: block(std::integral_constant<int64_t, 7>{}, One{}); break;
-        default: block(std::integral_constant<int64_t, 8>{}, One{}); break;
-      }
+      with_full_vecs<kLaneBlockVecs>(width / L, [&](auto full_vecs) {
+        if constexpr (decltype(full_vecs)::value <= kPairVecs) {
+          if (pair) return block(full_vecs, std::integral_constant<int64_t, 2>{});
+        }
+        block(full_vecs, std::integral_constant<int64_t, 1>{});
+      });
     }
   });
 }
@@ -619,7 +621,7 @@ void pool_hw(const PoolHwArgs& args) {
     pool_lanes<T, kTrack>(x, nullptr, N, C, P, C, P * C, avg, mx, args.argmax, args.count);
   } else {  // per (n, block of channels): walk the pixels, lanes are channels
     // Wider rows keep blocks of 256 channels: measured against pool_lanes' 128 (2 threads, AMD EPYC
-    // VM), this reads fewer, longer row segments and took 0.8-0.9x the time at 256-2048 channels.
+    // VM), this reads fewer, longer row segments and took 0.77-0.9x the time at 256-2048 channels.
     constexpr int64_t kBlock = 256;
     constexpr int64_t kVecs = kBlock / L;
     const int64_t blocks = (C + kBlock - 1) / kBlock;
